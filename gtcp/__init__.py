@@ -1,0 +1,81 @@
+"""gtcp: the Ballerina ``tcp`` library (Swan Lake) in Python, on gevent.
+
+A ``Listener`` serves each connection in its own greenlet and calls your
+``Service.on_connect(caller)``, then the returned ``ConnectionService``'s
+``on_bytes``, ``on_error`` and ``on_close``; a blocking-style ``Client``
+writes and reads with per-operation deadlines. TLS on both sides.
+
+Everything public is importable from here; the ``_modules`` are private.
+Importing gtcp patches nothing.
+"""
+
+from ._caller import Caller
+from ._client import Client
+from ._config import (
+    CertKey,
+    ClientSecureSocket,
+    KeyStore,
+    ListenerSecureSocket,
+    MutualSsl,
+    Protocol,
+    ProtocolConfig,
+    TrustStore,
+    VerifyClient,
+)
+from ._errors import (
+    ClosedError,
+    ConfigError,
+    ConnectError,
+    Error,
+    ListenerError,
+    PeerClosedError,
+    ReadTimeoutError,
+    TLSError,
+    WriteError,
+    WriteTimeoutError,
+)
+from ._listener import Listener
+from ._service import ConnectionService, Service
+from ._tls import TLSInfo
+from ._version import __version__
+
+__all__ = [
+    "Caller",
+    "CertKey",
+    "Client",
+    "ClientSecureSocket",
+    "ClosedError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectionService",
+    "Error",
+    "KeyStore",
+    "ListenerError",
+    "ListenerSecureSocket",
+    "Listener",
+    "MutualSsl",
+    "PeerClosedError",
+    "Protocol",
+    "ProtocolConfig",
+    "ReadTimeoutError",
+    "Service",
+    "TLSError",
+    "TLSInfo",
+    "TrustStore",
+    "VerifyClient",
+    "WriteError",
+    "WriteTimeoutError",
+    "__version__",
+]
+
+
+def _fixup_module_metadata() -> None:
+    """Show public classes as ``gtcp.X`` in reprs and tracebacks (as trio does)."""
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) and obj.__module__.startswith("gtcp._"):
+            obj.__module__ = "gtcp"
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

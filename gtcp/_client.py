@@ -1,0 +1,200 @@
+"""Client: a blocking-style TCP (or TLS) client on gevent sockets."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+import gevent.socket
+from gevent import Timeout
+from gevent.lock import Semaphore
+
+from ._errors import ClosedError, ConfigError, ConnectError, PeerClosedError
+from ._io import Stream, handshake, seconds
+
+if TYPE_CHECKING:
+    from ._tls import TLSInfo
+
+__all__ = ["Client"]
+
+#: Seconds a read or a write may wait (Ballerina's default for both).
+DEFAULT_TIMEOUT = 300.0
+
+#: Seconds to establish the TCP connection.
+DEFAULT_CONNECT_TIMEOUT = 30.0
+
+
+class _ConnectTimeout(Exception):
+    """Private marker: the connect deadline passed."""
+
+
+class Client:
+    """A connected TCP (or TLS) client: Ballerina's ``tcp:Client``.
+
+    The constructor connects (and, with ``secure_socket``, finishes the TLS
+    handshake) before it returns. Each read and each write gets its own
+    deadline: ``timeout`` for reads, ``write_timeout`` for writes (seconds;
+    ``None`` or ``<= 0`` disables). One greenlet may read while another
+    writes; concurrent writes never interleave and concurrent reads are
+    served one at a time.
+    """
+
+    def __init__(
+        self,
+        remote_host: str,
+        remote_port: int,
+        *,
+        local_host: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        write_timeout: float | None = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        secure_socket: Any = None,
+    ) -> None:
+        if not isinstance(remote_host, str) or not remote_host.strip():
+            raise ConfigError(f"remote_host must be a non-empty str, got {remote_host!r}")
+        if isinstance(remote_port, bool) or not isinstance(remote_port, int) or not 0 < remote_port <= 65535:
+            raise ConfigError(f"remote_port must be an int from 1 to 65535, got {remote_port!r}")
+        if local_host is not None and not isinstance(local_host, str):
+            raise ConfigError(f"local_host must be a str or None, got {local_host!r}")
+        self._timeout = seconds(timeout, "timeout")
+        write_deadline = seconds(write_timeout, "write_timeout")
+        connect_deadline = seconds(connect_timeout, "connect_timeout")
+        from ._config import client_secure_socket
+
+        secure = client_secure_socket(secure_socket)
+        context = None
+        if secure is not None:
+            from ._tls import client_context
+
+            context = client_context(secure)  # before connecting: a bad file fails fast
+        self.remote_host = remote_host
+        self.remote_port = remote_port
+        self._read_lock = Semaphore(1)
+        self._peer_error: PeerClosedError | None = None
+        gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
+        if secure is not None:
+            gsock = self._secure(gsock, secure, context)
+        self._stream = Stream(gsock, write_deadline)
+
+    def _secure(self, gsock: Any, secure: Any, context: Any) -> Any:
+        from ._tls import SESSIONS, handshake_timeout
+
+        host = secure.server_name or self.remote_host
+        session = SESSIONS.get(secure, self.remote_host, self.remote_port)
+        tls = handshake(gsock, context, handshake_timeout(secure), server_side=False,
+                        server_hostname=host, session=session)
+        self._secure_socket = secure
+        SESSIONS.put(secure, self.remote_host, self.remote_port, tls.session)
+        return tls
+
+    # -- I/O ---------------------------------------------------------------------
+
+    def write_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        """Send the whole of *data*, or raise.
+
+        ``ClosedError`` after ``close()``; ``WriteError`` if the OS refuses
+        (the client is then closed); ``WriteTimeoutError`` if the peer did not
+        take the bytes within ``write_timeout`` (the client is then closed:
+        part of the data may have gone).
+        """
+        self._stream.write(data)
+
+    def read_bytes(self) -> bytes:
+        """One read: 1 to 65536 bytes, whatever has arrived.
+
+        ``ReadTimeoutError`` if nothing arrived within ``timeout`` (nothing is
+        consumed; read again). ``PeerClosedError`` once the server ended the
+        connection: this read and every later one. ``ClosedError`` after
+        ``close()``.
+        """
+        if self._peer_error is not None and not self._stream.closed:
+            raise PeerClosedError(str(self._peer_error)) from self._peer_error.__cause__
+        with self._read_lock:
+            try:
+                data = self._stream.read(self._timeout)
+            except PeerClosedError as exc:
+                self._peer_error = exc
+                raise
+        self._remember_session()
+        return data
+
+    def _remember_session(self) -> None:
+        # TLS 1.3 sends the session ticket after the handshake: the session
+        # worth saving is only known once something was read.
+        secure = getattr(self, "_secure_socket", None)
+        if secure is not None and not self._stream.closed:
+            from ._tls import SESSIONS
+
+            sslobj = self._stream.sslobj
+            session = sslobj.session if sslobj is not None else None
+            if session is not None:
+                SESSIONS.put(secure, self.remote_host, self.remote_port, session)
+
+    def close(self) -> None:
+        """Close the connection gracefully; idempotent, returns at once.
+
+        Sends TLS close_notify and shuts the write side at once; what the
+        server still sends is drained for a short bounded time in the
+        background so the close never turns into a reset.
+        """
+        if not self._stream.closed:
+            self._remember_session()
+            self._stream.finish_in_background()
+
+    # -- facts -------------------------------------------------------------------
+
+    @property
+    def tls(self) -> TLSInfo | None:
+        """Facts about the TLS connection, or ``None`` on plain TCP."""
+        if self._stream.sslobj is None:
+            return None
+        from ._tls import tls_info
+
+        return tls_info(self._stream.gsock)
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` ran (or a write failure closed the client)."""
+        return self._stream.closed
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """This side's (host, port)."""
+        name = self._stream.gsock.getsockname()
+        return str(name[0]), int(name[1])
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        tls = " TLS" if self._stream.sslobj is not None else ""
+        return f"<gtcp.Client{tls} {self.remote_host}:{self.remote_port}{state}>"
+
+
+def _connect(host: str, port: int, local_host: str | None, timeout: float | None) -> Any:
+    """A connected gevent socket with TCP_NODELAY, or ConnectError."""
+    source = (local_host, 0) if local_host is not None else None
+    timer = Timeout.start_new(timeout, _ConnectTimeout) if timeout else None
+    try:
+        gsock = gevent.socket.create_connection((host, port), source_address=source)
+    except _ConnectTimeout:
+        raise ConnectError(
+            f"Unable to connect with remote host: connection timed out after {timeout:g} s"
+        ) from None
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+        if local_host is not None and isinstance(exc, socket.gaierror):
+            cause = f"{cause} (local_host {local_host!r})"
+        raise ConnectError(f"Unable to connect with remote host: {cause}") from exc
+    finally:
+        if timer is not None:
+            timer.cancel()
+    try:
+        gsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    return gsock

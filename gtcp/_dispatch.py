@@ -1,0 +1,265 @@
+"""The per-connection greenlet: handshake, on_connect, the read loop, close.
+
+One :class:`Connection` runs in its own greenlet, spawned by the listener's
+``StreamServer``. All callbacks of a connection run in that greenlet, so they
+never run at the same time; other greenlets may only write through the
+``Caller`` (serialised by the stream's write lock) or close it.
+
+The per-chunk path is ``Stream.read`` -> ``on_bytes`` -> ``Stream.write``; everything
+that can be decided once per connection (which ``on_bytes`` signature, which
+optional callbacks exist, whether an idle timer runs) is decided before the
+loop starts. Deadlines that almost never fire are not armed per chunk: the
+idle timeout is one timer per connection that re-arms itself lazily, and the
+write timeout is armed only when a write would block.
+
+Every exception a callback raises ends in ``logging.getLogger("gtcp")``; none
+reaches the gevent hub's stderr printer.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from gevent import get_hub, getcurrent
+from gevent.event import Event
+
+from ._caller import Caller
+from ._errors import (
+    SEND_FAILED_MESSAGE,
+    ClosedError,
+    Error,
+    PeerClosedError,
+    ReadTimeoutError,
+    TLSError,
+    WriteError,
+    WriteTimeoutError,
+)
+from ._io import LINGER_SECONDS, READ_SIZE, Stream, handshake
+from ._service import Callbacks, resolve
+
+__all__ = ["Connection", "ServeConfig"]
+
+log = logging.getLogger("gtcp")
+
+
+def _discard(data: bytes) -> None:
+    return None
+
+
+#: Callbacks of a connection whose on_connect returned None: read and drop.
+_DISCARD = Callbacks(_discard, False, None, None)
+
+
+@dataclass
+class ServeConfig:
+    """What every connection of one listener run shares."""
+
+    service: Any
+    ssl_context: Any
+    handshake_timeout: float | None
+    write_timeout: float | None
+    idle_timeout: float | None
+    connections: set[Connection] = field(default_factory=set)
+    idle_event: Event = field(default_factory=Event)
+
+
+class Connection:
+    """One accepted connection; :meth:`run` is the StreamServer handler body."""
+
+    __slots__ = (
+        "_idle_timer", "_last_read", "aborted", "cfg", "done", "greenlet", "gsock",
+        "idle_expired", "peer", "stream",
+    )
+
+    def __init__(self, cfg: ServeConfig, gsock: Any, address: Any) -> None:
+        self.cfg = cfg
+        self.gsock = gsock
+        self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        self.stream: Stream | None = None
+        self.aborted = False
+        self.idle_expired = False
+        self._idle_timer: Any = None
+        self._last_read = 0.0
+        self.done = Event()
+        self.greenlet: Any = None
+
+    # -- stopping (called from other greenlets) ---------------------------
+
+    def abort(self) -> None:
+        """Close now, without lingering; ``on_close`` still runs (immediate stop)."""
+        self.aborted = True
+        if self.stream is not None:
+            self.stream.close()
+        else:
+            # Still in the handshake: closing the socket ends it.
+            try:
+                self.gsock.close()
+            except OSError:
+                pass
+
+    # -- the connection's life ---------------------------------------------
+
+    def run(self) -> None:
+        """Serve the connection to its end; never raises."""
+        cfg = self.cfg
+        self.greenlet = getcurrent()
+        cfg.connections.add(self)
+        cfg.idle_event.clear()
+        try:
+            self._run()
+        except Exception:  # pragma: no cover - a bug in gtcp itself
+            log.exception("gtcp: internal error serving %s", self.peer)
+        finally:
+            if self._idle_timer is not None:
+                self._idle_timer.close()
+            if self.stream is not None:
+                self.stream.finish(None)
+            cfg.connections.discard(self)
+            if not cfg.connections:
+                cfg.idle_event.set()
+            self.done.set()
+
+    def _run(self) -> None:
+        gsock = self.gsock
+        try:
+            gsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        cfg = self.cfg
+        if cfg.ssl_context is not None:
+            try:
+                gsock = handshake(gsock, cfg.ssl_context, cfg.handshake_timeout, server_side=True)
+            except TLSError as exc:
+                if not self.aborted:
+                    log.warning("TLS handshake with %s failed: %s", self.peer, exc)
+                return
+        stream = self.stream = Stream(gsock, cfg.write_timeout)
+        if self.aborted:
+            return
+        caller = Caller(stream, gsock.getpeername(), gsock.getsockname())
+        callbacks = self._connect(caller)
+        if callbacks is None:
+            stream.finish(None if self.aborted else LINGER_SECONDS)
+            return
+        self._serve(stream, caller, callbacks)
+
+    def _connect(self, caller: Caller) -> Callbacks | None:
+        """Run on_connect; the callbacks to serve with, or None to close."""
+        service = self.cfg.service
+        try:
+            result = service.on_connect(caller)
+        except Exception:
+            log.exception("on_connect of %s raised; closing connection %s", type(service).__name__, caller.id)
+            return None
+        if result is None:
+            return _DISCARD
+        if isinstance(result, Error):
+            log.error("on_connect of %s returned an error; closing connection %s: %s",
+                      type(service).__name__, caller.id, result)
+            return None
+        try:
+            return resolve(result)
+        except TypeError as exc:
+            log.error("%s; closing connection %s", exc, caller.id)
+            return None
+
+    def _serve(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> None:
+        if self.cfg.idle_timeout is not None:
+            self._start_idle_timer(self.cfg.idle_timeout)
+        try:
+            error = self._read_loop(stream, caller, callbacks)
+        finally:
+            stream.close()
+        if error is not None and callbacks.on_error is not None:
+            self._call("on_error", callbacks.on_error, caller, error)
+        if callbacks.on_close is not None:
+            self._call("on_close", callbacks.on_close, caller)
+        stream.finish(None if self.aborted else LINGER_SECONDS)
+
+    def _call(self, name: str, method: Any, caller: Caller, *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            log.exception("%s of connection %s raised", name, caller.id)
+
+    def _read_loop(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Error | None:
+        """Deliver chunks until the connection ends; the error for on_error, if any."""
+        on_bytes = callbacks.on_bytes
+        with_caller = callbacks.on_bytes_with_caller
+        read = stream.read
+        write = stream.write
+        track = self._idle_timer is not None
+        loop = get_hub().loop
+        wait_first = False
+        while True:
+            try:
+                data = read(None, wait_first)
+            except ClosedError:
+                return ReadTimeoutError() if self.idle_expired else None
+            except PeerClosedError as exc:
+                # EOF (no cause) is the natural end; a reset is reported.
+                return exc if exc.__cause__ is not None else None
+            except TLSError as exc:
+                return exc
+            wait_first = len(data) < READ_SIZE
+            if track:
+                self._last_read = loop.now()
+            try:
+                result = on_bytes(caller, data) if with_caller else on_bytes(data)
+            except Exception:
+                log.exception("on_bytes of connection %s raised; closing it", caller.id)
+                return None
+            if result is None:
+                continue
+            if isinstance(result, (bytes, bytearray, memoryview)):
+                failure = self._write_back(write, result)
+                if failure is not None:
+                    return failure
+            elif isinstance(result, Error):
+                log.error("on_bytes of connection %s returned an error: %s", caller.id, result)
+            else:
+                log.error(
+                    "on_bytes of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
+                    caller.id, type(result).__name__,
+                )
+                return None
+
+    @staticmethod
+    def _write_back(write: Any, result: Any) -> Error | None:
+        try:
+            write(result)
+        except (ClosedError, WriteTimeoutError) as exc:
+            return exc
+        except WriteError as exc:
+            failure = WriteError(SEND_FAILED_MESSAGE)
+            failure.__cause__ = exc
+            return failure
+        return None
+
+    # -- idle timeout --------------------------------------------------------
+
+    def _start_idle_timer(self, after: float) -> None:
+        loop = get_hub().loop
+        if self._idle_timer is None:
+            self._last_read = loop.now()
+        else:
+            self._idle_timer.close()
+        timer = self._idle_timer = loop.timer(after)
+        timer.start(self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        """Runs in the hub: expire the connection, or re-arm for the rest."""
+        stream = self.stream
+        idle = self.cfg.idle_timeout
+        if stream is None or stream.closed or idle is None:
+            return
+        remaining = self._last_read + idle - get_hub().loop.now()
+        if remaining > 0 or not stream.reading:
+            # Data came meanwhile, or a callback is running (busy, not idle).
+            self._start_idle_timer(remaining if remaining > 0 else idle)
+            return
+        self.idle_expired = True
+        stream.interrupt()

@@ -1,0 +1,309 @@
+"""Listener: accepts connections and serves each in its own greenlet."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Any
+
+import gevent
+import gevent.socket
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from ._dispatch import Connection, ServeConfig
+from ._errors import ConfigError, Error, ListenerError
+from ._io import seconds
+from ._service import check_service
+
+__all__ = ["Listener"]
+
+log = logging.getLogger("gtcp")
+
+#: Listen backlog. The kernel caps it at net.core.somaxconn (4096 on current
+#: Linux); connections beyond ``max_connections`` wait here.
+DEFAULT_BACKLOG = 1024
+
+#: Seconds a write to a peer that does not read may block before the
+#: connection is closed; the client's default, as in Ballerina.
+DEFAULT_WRITE_TIMEOUT = 300.0
+
+#: Longest time immediate_stop() waits for the on_close callbacks of the
+#: connections it closed (they run in their own greenlets).
+STOP_JOIN_SECONDS = 10.0
+
+_OPTIONS = frozenset({"backlog", "max_connections", "idle_timeout", "write_timeout", "reuse_port"})
+
+# Accept errors, after trio's review (trio/_highlevel_socket.py). Running out
+# of descriptors or kernel memory is a state the server can recover from once
+# some connections close: back off, log once per burst, resume. Errors that
+# concern one half-open connection that died before accept() returned it
+# are skipped silently; anything else is logged and also backed off, so a
+# persistent failure can never spin the accept loop.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ONE_CONNECTION = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                             errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
+                             errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
+
+
+class _Server(StreamServer):  # type: ignore[misc]
+    """StreamServer whose accept errors go to the gtcp logger, never the hub."""
+
+    min_delay = 0.05
+    max_delay = 1.0
+    _burst = False
+
+    def do_read(self) -> Any:
+        try:
+            result = super().do_read()
+        except OSError as exc:
+            if exc.errno in _ONE_CONNECTION:
+                return None
+            if not self._burst:
+                self._burst = True
+                log.error("Listener on port %s cannot accept: %s; backing off",
+                          self.server_port, exc.strerror or exc)
+            self._back_off()
+            return None
+        if result is not None and self._burst:
+            self._burst = False
+            log.warning("Listener on port %s accepts again", self.server_port)
+        return result
+
+    def _back_off(self) -> None:
+        self.stop_accepting()
+        self._timer = self.loop.timer(self.delay)
+        self._timer.start(self._start_accepting_if_started)
+        self.delay = min(self.max_delay, self.delay * 2)
+
+
+class Listener:
+    """A TCP (or TLS) server: Ballerina's ``tcp:Listener``.
+
+    ``Listener(local_port, *, local_host=None, secure_socket=None, **options)``
+    with the options ``backlog``, ``max_connections``, ``idle_timeout``,
+    ``write_timeout`` and ``reuse_port``. Attach one :class:`gtcp.Service`,
+    then ``start()``; each connection runs in its own greenlet.
+    """
+
+    def __init__(
+        self,
+        local_port: int,
+        *,
+        local_host: str | None = None,
+        secure_socket: Any = None,
+        **options: Any,
+    ) -> None:
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise ConfigError(f"Unknown listener option(s): {', '.join(unknown)}")
+        if isinstance(local_port, bool) or not isinstance(local_port, int) or not 0 <= local_port <= 65535:
+            raise ConfigError(f"local_port must be an int from 0 to 65535, got {local_port!r}")
+        if local_host is not None and not isinstance(local_host, str):
+            raise ConfigError(f"local_host must be a str or None, got {local_host!r}")
+        self._local_port = local_port
+        self._local_host = local_host
+        from ._config import listener_secure_socket
+
+        self._secure_socket = listener_secure_socket(secure_socket)
+        self._backlog = _positive_int(options.get("backlog", DEFAULT_BACKLOG), "backlog")
+        max_connections = options.get("max_connections")
+        self._max_connections = (
+            None if max_connections is None else _positive_int(max_connections, "max_connections")
+        )
+        self._idle_timeout = seconds(options.get("idle_timeout"), "idle_timeout")
+        self._write_timeout = seconds(options.get("write_timeout", DEFAULT_WRITE_TIMEOUT), "write_timeout")
+        self._reuse_port = bool(options.get("reuse_port", False))
+        if self._reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise ConfigError("reuse_port is not supported on this platform")
+        self._service: Any = None
+        self._server: _Server | None = None
+        self._serving: ServeConfig | None = None
+        self._port = local_port
+        self._started_once = False
+        self._stopped = Event()
+
+    # -- services --------------------------------------------------------------
+
+    def attach(self, service: Any, name: str | list[str] | None = None) -> None:
+        """Attach *service* (one per listener; a second attach replaces the first).
+
+        Raises ``TypeError`` if it has no ``on_connect(caller)`` or defines a
+        Ballerina-spelled callback such as ``onConnect``. Takes effect at the
+        next ``start()``. *name* is accepted for Ballerina fidelity and ignored.
+        """
+        check_service(service)
+        self._service = service
+
+    def detach(self, service: Any) -> None:
+        """Clear the attached service (whichever is passed, as Ballerina).
+
+        Takes effect at the next ``start()``; running connections go on.
+        """
+        self._service = None
+
+    # -- running -----------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port while running (or last run); ``local_port`` before."""
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        """True between a successful ``start()`` and a stop."""
+        return self._server is not None
+
+    def start(self) -> None:
+        """Bind and start accepting; returns at once.
+
+        The TLS context is built (every file loaded) *before* binding, so a
+        bad TLS configuration never holds the port. Raises ``gtcp.Error`` if
+        already running or no service is attached, ``TLSError`` for a bad
+        key or certificate, ``ListenerError`` if the address cannot be bound.
+        """
+        if self._server is not None:
+            raise Error(f"The listener is already started on port {self._port}.")
+        if self._service is None:
+            raise Error("No service is attached to the listener; call attach() before start().")
+        context = None
+        handshake_timeout = None
+        if self._secure_socket is not None:
+            from ._tls import handshake_timeout as _handshake_timeout
+            from ._tls import server_context
+
+            context = server_context(self._secure_socket)
+            handshake_timeout = _handshake_timeout(self._secure_socket)
+        sock = self._bind()
+        serving = ServeConfig(self._service, context, handshake_timeout,
+                              self._write_timeout, self._idle_timeout)
+        serving.idle_event.set()
+        spawn: Any = Pool(self._max_connections) if self._max_connections else "default"
+        server = _Server(sock, self._handler(serving), spawn=spawn)
+        server.start()
+        self._port = sock.getsockname()[1]
+        self._server = server
+        self._serving = serving
+        self._started_once = True
+        self._stopped.clear()
+
+    def _handler(self, serving: ServeConfig) -> Any:
+        def handle(gsock: Any, address: Any) -> None:
+            Connection(serving, gsock, address).run()
+
+        return handle
+
+    def _bind(self) -> Any:
+        host = self._local_host
+        try:
+            if host is None:
+                infos = _wildcard_infos(self._local_port)
+            else:
+                infos = gevent.socket.getaddrinfo(host, self._local_port, socket.AF_UNSPEC,
+                                           socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+            family, _, _, _, address = infos[0]
+            sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self._reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6 and host is None:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(address)
+                sock.listen(self._backlog)
+            except BaseException:
+                sock.close()
+                raise
+        except OSError as exc:
+            cause = exc.strerror or str(exc)
+            where = f"{host if host is not None else '*'}:{self._local_port}"
+            raise ListenerError(f"Error initializing the server: {cause} ({where})") from exc
+        return sock
+
+    def serve_forever(self) -> None:
+        """``start()`` if needed, then block until the listener is stopped."""
+        if self._server is None:
+            self.start()
+        self._stopped.wait()
+
+    # -- stopping ----------------------------------------------------------------
+
+    def graceful_stop(self, timeout: float | None = None) -> None:
+        """Stop accepting at once; let open connections end.
+
+        With ``timeout=None`` return at once and let connections run to their
+        natural end (Ballerina). With a timeout, wait up to that many seconds
+        for them to end, then close those left (each gets ``on_close``).
+        Raises ``gtcp.Error("Unable to initialize the tcp listener.")`` if the
+        listener was never started.
+        """
+        if not self._started_once:
+            raise Error("Unable to initialize the tcp listener.")
+        wait = seconds(timeout, "timeout")
+        serving = self._serving
+        self._close_server()
+        if serving is None or timeout is None:
+            return
+        if wait is not None:
+            serving.idle_event.wait(wait)
+        self._abort_all(serving)
+
+    def immediate_stop(self) -> None:
+        """Stop accepting and close every open connection now.
+
+        Each connection gets its ``on_close()``; this waits (up to
+        ``STOP_JOIN_SECONDS``) until they ran. Does nothing if not running.
+        """
+        serving = self._serving
+        self._close_server()
+        if serving is not None:
+            self._abort_all(serving)
+
+    def _close_server(self) -> None:
+        server = self._server
+        self._server = None
+        self._serving = None
+        if server is not None:
+            server.close()
+        self._stopped.set()
+
+    @staticmethod
+    def _abort_all(serving: ServeConfig) -> None:
+        current = gevent.getcurrent()
+        connections = list(serving.connections)
+        for conn in connections:
+            conn.abort()
+        others = [c.done for c in connections if c.greenlet is not current]
+        gevent.wait(others, timeout=STOP_JOIN_SECONDS)
+
+    def __enter__(self) -> Listener:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.immediate_stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        tls = " TLS" if self._secure_socket is not None else ""
+        return f"<gtcp.Listener{tls} {self._local_host or '*'}:{self._port} {state}>"
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _wildcard_infos(port: int) -> list[Any]:
+    """All interfaces: dual-stack IPv6 where the host has it, else IPv4."""
+    if socket.has_ipv6:
+        try:
+            probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            probe.close()
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 0, "", ("::", port))]
+        except OSError:
+            pass
+    return [(socket.AF_INET, socket.SOCK_STREAM, 0, "", ("0.0.0.0", port))]

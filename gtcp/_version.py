@@ -1,0 +1,3 @@
+"""The gtcp version, read by setup.py without importing the package."""
+
+__version__ = "0.1.0"
