@@ -1,0 +1,243 @@
+"""The gtcp command line: ``python -m gtcp {demo,echo,send}``.
+
+* ``demo``: the Ballerina spec's section 6 samples, end to end, in one
+  process: the echo listener on a free loopback port, the echo client that
+  sends ``Hello Ballerina Echo from client`` and prints the reply, then a stop.
+* ``echo``: serve the section 6 echo listener until Ctrl-C.
+* ``send``: connect, send one text, print the one reply.
+
+A failure gtcp reports (``gtcp.Error``: connection refused, a bad port...) is
+one line on stderr, ``gtcp: error: <message>``, and exit status 1; no
+traceback. Command-line mistakes are argparse's (exit status 2).
+
+TLS options (``--cert``/``--key``/``--ca``) belong in :func:`_add_listener_options`
+and :func:`_add_client_options`, turned into ``secure_socket`` by
+:func:`_listener_kwargs` and :func:`_client_kwargs`: every subcommand builds its
+``Listener`` and ``Client`` through those two functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._caller import Caller
+from ._client import Client
+from ._errors import Error
+from ._listener import Listener
+from ._service import ConnectionService, Service
+
+__all__ = ["main"]
+
+log = logging.getLogger("gtcp")
+
+#: The message of the Ballerina client sample (spec section 6).
+DEMO_MESSAGE = "Hello Ballerina Echo from client"
+
+#: Seconds any single step of the demo may take (connect, read, stop); the
+#: demo is loopback only, so reaching it means something is broken.
+DEMO_STEP_SECONDS = 30.0
+
+#: Default read/connect deadline of ``send``, in seconds.
+SEND_TIMEOUT = 30.0
+
+#: Exit status when a gtcp.Error ends a command.
+EXIT_ERROR = 1
+
+#: Exit status after Ctrl-C in a command that is not a server (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+def _say(text: str) -> None:
+    """Print one line of the samples' output, at once (``io:println``)."""
+    print(text, flush=True)
+
+
+# -- the section 6 echo service ------------------------------------------------
+
+
+class EchoService(ConnectionService):
+    """Ballerina's section 6 ``EchoService``: print each chunk, echo it back."""
+
+    def on_bytes(self, caller: Caller, data: bytes) -> None:
+        """Print the chunk as text and write it back to the caller."""
+        _say(f"Echo: {data.decode('utf-8', errors='replace')}")
+        caller.write_bytes(data)
+
+    def on_error(self, err: Error) -> None:
+        """Log the error (Ballerina: ``log:printError``)."""
+        log.error("An error occurred: %s", err)
+
+    def on_close(self) -> None:
+        """The connection ended."""
+        _say("Client left")
+
+
+class Echo(Service):
+    """Ballerina's section 6 listener service: greet each connection."""
+
+    def on_connect(self, caller: Caller) -> EchoService:
+        """Print the client's port; serve the connection with :class:`EchoService`."""
+        _say(f"Client connected to echo server: {caller.remote_port}")
+        return EchoService()
+
+
+# -- building listeners and clients (the place for TLS options) ---------------
+
+
+def _add_listener_options(parser: argparse.ArgumentParser) -> None:
+    """Options of a subcommand that runs a listener."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: %(default)s; 0.0.0.0 or :: for all interfaces)")
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    """Options of a subcommand that runs a client."""
+    parser.add_argument("--timeout", type=float, default=SEND_TIMEOUT, metavar="S",
+                        help="seconds to wait to connect and for the reply (default: %(default)g; "
+                             "0 waits forever)")
+
+
+def _listener_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``Listener`` from the parsed options."""
+    return {"local_host": args.host}
+
+
+def _client_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``Client`` from the parsed options."""
+    return {"timeout": args.timeout, "connect_timeout": args.timeout}
+
+
+# -- the subcommands -------------------------------------------------------------
+
+
+def _start_echo(port: int, *, local_host: str, **kwargs: Any) -> Listener:
+    """The section 6 echo listener, started; prints where it listens."""
+    listener = Listener(port, local_host=local_host, **kwargs)
+    listener.attach(Echo())
+    listener.start()
+    _say(f"Echo server listening on {local_host}:{listener.port}")
+    return listener
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Run the section 6 listener and client samples against each other."""
+    listener = _start_echo(0, local_host="127.0.0.1")
+    try:
+        with Client("127.0.0.1", listener.port, timeout=DEMO_STEP_SECONDS,
+                    connect_timeout=DEMO_STEP_SECONDS) as client:
+            client.write_bytes(DEMO_MESSAGE.encode("utf-8"))
+            received = client.read_bytes()
+            _say(f"Received: {received.decode('utf-8', errors='replace')}")
+    finally:
+        # Waits for the connection to end, so "Client left" is printed
+        # before the demo returns: the output is the same on every run.
+        listener.graceful_stop(timeout=DEMO_STEP_SECONDS)
+    return 0
+
+
+def _echo(args: argparse.Namespace) -> int:
+    """Serve the echo listener until Ctrl-C, then stop it gracefully."""
+    _interrupt_on_sigint()
+    listener = _start_echo(args.port, **_listener_kwargs(args))
+    try:
+        listener.serve_forever()
+    except KeyboardInterrupt:
+        _say("Stopping the echo server")
+    finally:
+        listener.graceful_stop()
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    """Send TEXT, print the one reply."""
+    with Client(args.host, args.port, **_client_kwargs(args)) as client:
+        client.write_bytes(args.text.encode("utf-8"))
+        reply = client.read_bytes()
+    _say(reply.decode("utf-8", errors="replace"))
+    return 0
+
+
+def _interrupt_on_sigint() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt even if SIGINT was ignored.
+
+    A process started in the background by a shell without job control
+    inherits an ignored SIGINT, and Python then leaves it ignored; a server
+    that promises to stop on Ctrl-C must not depend on that.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# -- the parser --------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number (0..65535; gtcp checks the range)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gtcp",
+        description="The Ballerina tcp library in Python, on gevent: samples and small tools.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="run the Ballerina spec's echo samples end to end on loopback",
+        description="Start the section 6 echo listener on a free loopback port, run the echo "
+                    f"client against it ({DEMO_MESSAGE!r}), then stop the listener.",
+    )
+    demo.set_defaults(run=_demo)
+
+    echo = commands.add_parser(
+        "echo", help="serve the echo listener until Ctrl-C",
+        description="Serve the section 6 echo listener until Ctrl-C, then stop it gracefully.",
+    )
+    _add_listener_options(echo)
+    echo.add_argument("--port", type=_port, required=True,
+                      help="port to listen on (0 picks a free one; the line printed at start shows it)")
+    echo.set_defaults(run=_echo)
+
+    send = commands.add_parser(
+        "send", help="send one text and print the reply",
+        description="Connect to HOST:PORT, send TEXT (UTF-8), print the one reply that comes back.",
+    )
+    send.add_argument("host", metavar="HOST", help="host name or address of the server")
+    send.add_argument("port", metavar="PORT", type=_port, help="port of the server")
+    send.add_argument("text", metavar="TEXT", help="the text to send")
+    _add_client_options(send)
+    send.set_defaults(run=_send)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with *argv* (default ``sys.argv[1:]``); the exit status."""
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="gtcp: %(levelname)s: %(message)s")
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except Error as err:
+        print(f"gtcp: error: {_one_line(err)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

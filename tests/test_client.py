@@ -1,0 +1,251 @@
+"""Client behaviour: Ballerina's client tests, translated, and API.md section 5."""
+
+from __future__ import annotations
+
+import decimal
+import socket
+
+import gevent
+import pytest
+from conftest import LONG, SHORT
+from gevent.event import Event
+from helpers import EchoService, read_exactly
+
+import gtcp
+
+
+def _closing_service():
+    class CloseAtConnect(gtcp.Service):
+        def on_connect(self, caller):
+            caller.close()
+            return None
+
+    return CloseAtConnect()
+
+
+def test_Client_echo(serve):
+    listener = serve(EchoService())
+    client = gtcp.Client("localhost", listener.port, timeout=LONG)
+    client.write_bytes(b"Hello Ballerina Echo from client")
+    assert client.read_bytes() == b"Hello Ballerina Echo from client"
+    client.close()
+
+
+def test_Client_invalid_local_host_fails_at_construction(serve):
+    listener = serve(EchoService())
+    with pytest.raises(gtcp.ConnectError) as info:
+        gtcp.Client("127.0.0.1", listener.port, local_host="invalid")
+    assert str(info.value).startswith("Unable to connect with remote host: ")
+    assert "invalid" in str(info.value)
+    assert isinstance(info.value, ConnectionError)
+
+
+def test_Client_local_host_binds_local_side(serve):
+    listener = serve(EchoService())
+    with gtcp.Client("127.0.0.1", listener.port, local_host="127.0.0.1", timeout=LONG) as client:
+        assert client.local_address[0] == "127.0.0.1"
+
+
+def test_Client_read_timeout_then_still_usable(serve):
+    class Late(gtcp.ConnectionService):
+        def on_bytes(self, data):
+            return data if data == b"now" else None
+
+    class Svc(gtcp.Service):
+        def on_connect(self, caller):
+            return Late()
+
+    listener = serve(Svc())
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=0.1)
+    client.write_bytes(b"later")
+    with pytest.raises(gtcp.ReadTimeoutError) as info:
+        client.read_bytes()
+    assert str(info.value) == "Read timed out"
+    assert isinstance(info.value, TimeoutError)
+    client.write_bytes(b"now")
+    assert client.read_bytes() == b"now"
+    client.close()
+
+
+def test_Client_server_closing_in_on_connect_gives_read_error_and_close_succeeds(serve):
+    listener = serve(_closing_service())
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    for _ in range(3):  # this read and every later read
+        with pytest.raises(gtcp.PeerClosedError) as info:
+            client.read_bytes()
+        assert str(info.value) == "Connection closed by the server."
+    client.close()
+    client.close()
+
+
+def test_Client_refused_raises_connect_error():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # bound then closed: nothing listens there
+    with pytest.raises(gtcp.ConnectError) as info:
+        gtcp.Client("127.0.0.1", port)
+    assert str(info.value) == "Unable to connect with remote host: Connection refused"
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+def test_Client_connect_timeout():
+    # A listener with a full accept queue drops further SYNs: connect hangs.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    try:
+        with pytest.raises(gtcp.ConnectError, match="timed out") as info:
+            for _ in range(16):
+                filler = gtcp.Client("127.0.0.1", port, connect_timeout=SHORT)
+                fillers.append(filler)
+        assert str(info.value).startswith("Unable to connect with remote host: ")
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+
+
+def test_Client_bad_arguments_raise_config_error():
+    with pytest.raises(gtcp.ConfigError, match="remote_port"):
+        gtcp.Client("127.0.0.1", 0)
+    with pytest.raises(gtcp.ConfigError, match="remote_host"):
+        gtcp.Client("", 80)
+    with pytest.raises(gtcp.ConfigError, match="timeout"):
+        gtcp.Client("127.0.0.1", 80, timeout="5")
+
+
+def test_Client_timeouts_accept_decimal_and_nonpositive_disables(serve):
+    listener = serve(EchoService())
+    with gtcp.Client("127.0.0.1", listener.port, timeout=decimal.Decimal("0.1")) as client:
+        with pytest.raises(gtcp.ReadTimeoutError):
+            client.read_bytes()
+    with gtcp.Client("127.0.0.1", listener.port, timeout=0, write_timeout=-1) as client:
+        reader = gevent.spawn(client.read_bytes)
+        gevent.sleep(SHORT)
+        assert not reader.ready()  # no timeout: still waiting
+        client.write_bytes(b"late")
+        assert reader.get(timeout=LONG) == b"late"
+
+
+def test_Client_use_after_close_raises_closed_error(serve):
+    listener = serve(EchoService())
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    client.close()
+    for operation in (client.read_bytes, lambda: client.write_bytes(b"x")):
+        with pytest.raises(gtcp.ClosedError) as info:
+            operation()
+        assert str(info.value) == "Socket connection already closed."
+    assert client.closed
+
+
+def test_Client_close_wakes_a_blocked_reader(serve):
+    listener = serve(EchoService())
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    reader = gevent.spawn(client.read_bytes)
+    gevent.sleep(SHORT)
+    client.close()
+    with pytest.raises(gtcp.ClosedError):
+        reader.get(timeout=LONG)
+
+
+def test_Client_read_and_write_in_two_greenlets_both_complete(serve):
+    listener = serve(EchoService())
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    payload = b"q" * (4 * 1024 * 1024)
+    reader = gevent.spawn(read_exactly, client, len(payload))
+    writer = gevent.spawn(client.write_bytes, payload)
+    assert writer.get(timeout=LONG) is None
+    assert reader.get(timeout=LONG) == payload
+    client.close()
+
+
+def test_Client_concurrent_writes_never_interleave(serve):
+    listener = serve(EchoService())
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    size = 1024 * 1024
+    blocks = [bytes([65 + i]) * size for i in range(4)]
+    reader = gevent.spawn(read_exactly, client, 4 * size)
+    writers = [gevent.spawn(client.write_bytes, block) for block in blocks]
+    gevent.joinall(writers, raise_error=True, timeout=LONG)
+    data = reader.get(timeout=LONG)
+    runs = [data[i : i + size] for i in range(0, len(data), size)]
+    assert sorted(runs) == sorted(blocks)  # each write arrived whole
+    client.close()
+
+
+def test_Client_concurrent_reads_are_served_one_at_a_time(serve):
+    listener = serve(EchoService())
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    readers = [gevent.spawn(client.read_bytes) for _ in range(2)]
+    gevent.sleep(SHORT)
+    client.write_bytes(b"one")
+    first = gevent.wait(readers, count=1, timeout=LONG)
+    assert len(first) == 1 and first[0].get() == b"one"
+    client.write_bytes(b"two")
+    assert {r.get(timeout=LONG) for r in readers} == {b"one", b"two"}
+    client.close()
+
+
+def test_Client_write_timeout_against_server_that_never_reads():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = gtcp.Client("127.0.0.1", server.getsockname()[1], write_timeout=0.3)
+    conn, _ = server.accept()  # accepted, never read
+    try:
+        with pytest.raises(gtcp.WriteTimeoutError) as info:
+            client.write_bytes(b"w" * (64 * 1024 * 1024))
+        assert str(info.value) == "Write timed out"
+        with pytest.raises(gtcp.ClosedError):  # the stream was closed
+            client.write_bytes(b"more")
+    finally:
+        client.close()
+        conn.close()
+        server.close()
+
+
+def test_Client_write_after_peer_reset_raises_write_error(serve):
+    killed = Event()
+
+    class Kill(gtcp.Service):
+        def on_connect(self, caller):
+            import struct
+
+            sock = caller._stream.gsock
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            killed.set()
+            return None
+
+    listener = serve(Kill())
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    assert killed.wait(LONG)
+    with pytest.raises(gtcp.PeerClosedError) as info:
+        client.read_bytes()
+    assert str(info.value) == "Connection reset by peer"
+    with pytest.raises((gtcp.WriteError, gtcp.ClosedError)) as winfo:
+        for _ in range(10):
+            client.write_bytes(b"x" * 65536)
+    if isinstance(winfo.value, gtcp.WriteError):
+        assert str(winfo.value).startswith("Failed to write data: ")
+    client.close()
+
+
+def test_Client_write_rejects_non_bytes(serve):
+    listener = serve(EchoService())
+    with gtcp.Client("127.0.0.1", listener.port) as client:
+        with pytest.raises(TypeError, match="bytes-like.*'str'"):
+            client.write_bytes("text")  # type: ignore[arg-type]
+        client.write_bytes(bytearray(b"ba"))
+        client.write_bytes(memoryview(b"mv"))
+        assert read_exactly(client, 4) == b"bamv"
+
+
+def test_Client_tls_is_none_on_plain_tcp(serve):
+    listener = serve(EchoService())
+    with gtcp.Client("127.0.0.1", listener.port) as client:
+        assert client.tls is None
+        assert "gtcp.Client" in repr(client)

@@ -1,0 +1,358 @@
+"""The per-connection rules of API.md section 4, one test (or more) per rule."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+
+import gevent
+import pytest
+from conftest import LONG, SHORT
+from gevent.event import Event
+from gevent.queue import Queue
+from helpers import Echo, EchoService
+
+import gtcp
+
+
+def _service(make):
+    class Svc(gtcp.Service):
+        def on_connect(self, caller):
+            return make(caller)
+
+    return Svc()
+
+
+def test_dispatch_connection_service_instance_per_connection(serve):
+    service = EchoService()
+    listener = serve(service)
+    clients = [gtcp.Client("127.0.0.1", listener.port, timeout=LONG) for _ in range(3)]
+    for client in clients:
+        client.write_bytes(b"x")
+        assert client.read_bytes() == b"x"
+    assert len({id(s) for s in service.services}) == 3
+    assert len({c.id for c in service.callers}) == 3
+    for client in clients:
+        client.close()
+
+
+def test_dispatch_on_connect_runs_before_bytes_and_nothing_is_lost(serve):
+    release = Event()
+    got = Queue()
+
+    class Collect(gtcp.ConnectionService):
+        def on_bytes(self, data):
+            got.put(data)
+
+    def slow_connect(caller):
+        release.wait(LONG)
+        return Collect()
+
+    listener = serve(_service(slow_connect))
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    for i in range(50):
+        client.write_bytes(b"%03d" % i)
+    gevent.sleep(SHORT)  # let the bytes queue up while on_connect blocks
+    assert got.empty()
+    release.set()
+    received = b""
+    while len(received) < 150:
+        received += got.get(timeout=LONG)
+    assert received == b"".join(b"%03d" % i for i in range(50))
+    client.close()
+
+
+def test_dispatch_on_connect_none_discards_bytes_until_peer_closes(serve):
+    connected = Event()
+
+    def none(caller):
+        connected.set()
+        return None
+
+    listener = serve(_service(none))
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=SHORT)
+    assert connected.wait(LONG)
+    client.write_bytes(b"ignored")
+    with pytest.raises(gtcp.ReadTimeoutError):
+        client.read_bytes()  # still open: nothing comes back, no close
+    client.close()
+
+
+@pytest.mark.parametrize("outcome", ["raise", "return_error"])
+def test_dispatch_on_connect_failure_closes_connection_without_callbacks(serve, gtcp_log, outcome):
+    calls = []
+
+    class Never(gtcp.ConnectionService):
+        def on_bytes(self, data):
+            calls.append("bytes")
+
+        def on_close(self):
+            calls.append("close")
+
+    def fail(caller):
+        if outcome == "raise":
+            raise RuntimeError("boom in on_connect")
+        return gtcp.Error("refused by on_connect")
+
+    listener = serve(_service(fail))
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    with pytest.raises(gtcp.PeerClosedError, match="^Connection closed by the server.$"):
+        client.read_bytes()
+    client.close()
+    assert calls == []
+    records = [r for r in gtcp_log.records if r.name == "gtcp" and "on_connect" in r.getMessage()]
+    assert len(records) == 1
+    if outcome == "raise":
+        assert records[0].exc_info is not None
+    else:
+        assert "refused by on_connect" in records[0].getMessage()
+
+
+def test_dispatch_on_bytes_signature_is_chosen_by_parameter_count(serve):
+    seen = []
+
+    class OneArg:
+        def on_bytes(self, data):
+            seen.append(("one", data))
+            return data
+
+    class TwoArgs:
+        def on_bytes(self, caller, data):
+            seen.append(("two", type(caller).__name__, data))
+            return data
+
+    for cls in (OneArg, TwoArgs):
+        listener = serve(_service(lambda caller, cls=cls: cls()))
+        with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+            client.write_bytes(b"hi")
+            assert client.read_bytes() == b"hi"
+    assert seen == [("one", b"hi"), ("two", "Caller", b"hi")]
+
+
+def test_dispatch_on_bytes_data_is_immutable_bytes(serve):
+    types = []
+
+    class Check:
+        def on_bytes(self, data):
+            types.append(type(data))
+            with pytest.raises(TypeError):
+                data[0] = 0
+            return b"ok"
+
+    listener = serve(_service(lambda caller: Check()))
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        client.write_bytes(b"abc")
+        assert client.read_bytes() == b"ok"
+    assert types == [bytes]
+
+
+def test_dispatch_on_bytes_returning_error_is_logged_and_connection_stays(serve, gtcp_log):
+    class Picky:
+        def on_bytes(self, data):
+            if data == b"bad":
+                return gtcp.Error("bad input")
+            return data
+
+    listener = serve(_service(lambda caller: Picky()))
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        client.write_bytes(b"bad")
+        gevent.sleep(SHORT)
+        client.write_bytes(b"good")
+        assert client.read_bytes() == b"good"
+    assert any("bad input" in r.getMessage() for r in gtcp_log.records)
+    # the listener is still up
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        client.write_bytes(b"again")
+        assert client.read_bytes() == b"again"
+
+
+def test_dispatch_on_bytes_raising_closes_only_that_connection(serve, gtcp_log):
+    closed = Queue()
+
+    class Fragile:
+        def on_bytes(self, data):
+            if data == b"crash":
+                raise ValueError("handler bug")
+            return data
+
+        def on_close(self):
+            closed.put(True)
+
+    listener = serve(_service(lambda caller: Fragile()))
+    healthy = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    victim = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    victim.write_bytes(b"crash")
+    with pytest.raises(gtcp.PeerClosedError):
+        victim.read_bytes()
+    assert closed.get(timeout=LONG) is True
+    healthy.write_bytes(b"still here")
+    assert healthy.read_bytes() == b"still here"
+    records = [r for r in gtcp_log.records if "on_bytes" in r.getMessage()]
+    assert len(records) == 1 and records[0].levelno == logging.ERROR
+    assert records[0].exc_info[0] is ValueError
+    healthy.close()
+    victim.close()
+
+
+def test_dispatch_ballerina_spelled_connection_service_is_logged_and_closed(serve, gtcp_log):
+    class Camel:
+        def onBytes(self, data):
+            return data
+
+    listener = serve(_service(lambda caller: Camel()))
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    with pytest.raises(gtcp.PeerClosedError):
+        client.read_bytes()
+    client.close()
+    messages = [r.getMessage() for r in gtcp_log.records]
+    assert any("defines 'onBytes'" in m and "'on_bytes'" in m for m in messages)
+
+
+def test_dispatch_wrong_on_bytes_arity_is_logged_and_closed(serve, gtcp_log):
+    class Wrong:
+        def on_bytes(self, a, b, c):
+            return None
+
+    listener = serve(_service(lambda caller: Wrong()))
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    with pytest.raises(gtcp.PeerClosedError):
+        client.read_bytes()
+    client.close()
+    assert any("on_bytes must take 1 or 2" in r.getMessage() for r in gtcp_log.records)
+
+
+def test_dispatch_on_close_runs_exactly_once_last(serve):
+    events = []
+
+    class Track:
+        def __init__(self, caller):
+            self.caller = caller
+
+        def on_bytes(self, data):
+            events.append("bytes")
+            self.caller.close()
+            self.caller.close()
+            return None
+
+        def on_error(self, err):
+            events.append("error")
+
+        def on_close(self):
+            events.append("close")
+
+    listener = serve(_service(Track))
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    client.write_bytes(b"x")
+    with pytest.raises(gtcp.PeerClosedError):
+        client.read_bytes()
+    client.close()
+    listener.immediate_stop()
+    assert events == ["bytes", "close"]
+
+
+def test_dispatch_write_back_after_close_reports_closed_error(serve):
+    errors = Queue()
+
+    class CloseThenReply:
+        def on_bytes(self, caller, data):
+            caller.close()
+            return b"too late"
+
+        def on_error(self, err):
+            errors.put(err)
+
+    listener = serve(_service(lambda caller: CloseThenReply()))
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    client.write_bytes(b"x")
+    err = errors.get(timeout=LONG)
+    assert type(err) is gtcp.ClosedError and str(err) == "Socket connection already closed."
+    client.close()
+
+
+def test_dispatch_reset_by_peer_calls_on_error_then_on_close(serve):
+    service = EchoService()
+    listener = serve(service)
+    sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
+    sock.sendall(b"x")
+    assert sock.recv(1) == b"x"
+    # SO_LINGER 0 makes close() send a RST instead of a FIN.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    kind, err = service.events.get(timeout=LONG)
+    assert kind == "error"
+    assert type(err) is gtcp.PeerClosedError and str(err) == "Connection reset by peer"
+    assert service.events.get(timeout=LONG) == ("close", None)
+
+
+def test_dispatch_caller_close_does_not_affect_other_connections(serve):
+    service = EchoService()
+    listener = serve(service)
+    a = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    b = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    for client in (a, b):
+        client.write_bytes(b"x")
+        assert client.read_bytes() == b"x"
+    service.callers[0].close()
+    with pytest.raises(gtcp.PeerClosedError):
+        a.read_bytes()
+    b.write_bytes(b"fine")
+    assert b.read_bytes() == b"fine"
+    assert not service.services[1].closed.is_set()
+    a.close()
+    b.close()
+
+
+def test_dispatch_caller_writes_from_other_greenlets(serve):
+    class Push(gtcp.Service):
+        def on_connect(self, caller):
+            def tick():
+                for i in range(5):
+                    caller.write_bytes(b"tick%d;" % i)
+                    gevent.sleep(0.01)
+
+            gevent.spawn(tick)
+            return Echo()
+
+    listener = serve(Push())
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        got = b""
+        while got.count(b";") < 5:
+            got += client.read_bytes()
+        assert got == b"tick0;tick1;tick2;tick3;tick4;"
+
+
+def test_dispatch_callbacks_of_one_connection_never_overlap(serve):
+    state = {"active": 0, "max": 0, "chunks": 0}
+
+    class Slow:
+        def on_bytes(self, data):
+            state["active"] += 1
+            state["max"] = max(state["max"], state["active"])
+            gevent.sleep(0.005)
+            state["chunks"] += 1
+            state["active"] -= 1
+            return data
+
+    listener = serve(_service(lambda caller: Slow()))
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        for _ in range(20):
+            client.write_bytes(b"x" * 100)
+        got = 0
+        while got < 2000:
+            got += len(client.read_bytes())
+    assert state["max"] == 1 and state["chunks"] >= 1
+
+
+def test_dispatch_caller_facts(serve):
+    service = EchoService()
+    listener = serve(service)
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        client.write_bytes(b"x")
+        client.read_bytes()
+        caller = service.callers[0]
+        assert caller.remote_host == "127.0.0.1"
+        assert caller.remote_port == client.local_address[1]
+        assert (caller.local_host, caller.local_port) == ("127.0.0.1", listener.port)
+        assert caller.tls is None
+        assert "gtcp.Caller" in repr(caller)
