@@ -85,7 +85,7 @@ def seconds(value: object, name: str) -> float | None:
         return None
     if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
         raise ConfigError(f"{name} must be a number of seconds or None, got {value!r}")
-    result = float(value)  # type: ignore[arg-type]
+    result = float(value)
     if result != result:  # NaN
         raise ConfigError(f"{name} must be a number of seconds or None, got {value!r}")
     return result if result > 0 else None
@@ -108,6 +108,10 @@ def _as_bytes_view(data: object) -> memoryview:
         raise TypeError(
             f"data must be a bytes-like object, not {type(data).__name__!r}"
         ) from None
+
+
+class _Lingered(Exception):
+    """Private marker: the lingering close ran out of time."""
 
 
 class _Interrupted(BaseException):
@@ -337,8 +341,9 @@ class Stream:
             self._hub.cancel_wait(watcher, _Interrupted())
 
     def _send_close_notify(self) -> None:
+        sslobj: Any = self._sslobj
         try:
-            self._sslobj.shutdown()
+            sslobj.shutdown()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # The first SSL_shutdown() queued our close_notify; OpenSSL now
             # wants the peer's, which we do not wait for.
@@ -362,16 +367,18 @@ class Stream:
 
     def _drain(self, linger: float) -> None:
         raw = self._raw
+        timer = Timeout.start_new(linger, _Lingered)
         try:
-            with Timeout(linger, False):
-                while True:
-                    try:
-                        if not raw.recv(READ_SIZE):
-                            return
-                    except BlockingIOError:
-                        self._hub.wait(self._rwatch)
-        except (OSError, _Interrupted):
+            while True:
+                try:
+                    if not raw.recv(READ_SIZE):
+                        return
+                except BlockingIOError:
+                    self._hub.wait(self._rwatch)
+        except (OSError, _Interrupted, _Lingered):
             return
+        finally:
+            timer.cancel()
 
     def finish_in_background(self) -> None:
         """Close now if the peer already hung up, else linger in a greenlet."""

@@ -48,7 +48,7 @@ _ONE_CONNECTION = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errn
                              errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
 
 
-class _Server(StreamServer):  # type: ignore[misc]
+class _Server(StreamServer):
     """StreamServer whose accept errors go to the gtcp logger, never the hub."""
 
     min_delay = 0.05
@@ -73,10 +73,13 @@ class _Server(StreamServer):  # type: ignore[misc]
         return result
 
     def _back_off(self) -> None:
+        # The same back-off BaseServer._do_read applies, minus its traceback.
         self.stop_accepting()
-        self._timer = self.loop.timer(self.delay)
-        self._timer.start(self._start_accepting_if_started)
-        self.delay = min(self.max_delay, self.delay * 2)
+        server: Any = self
+        timer: Any = self.loop.timer(server.delay)
+        timer.start(server._start_accepting_if_started)
+        server._timer = timer
+        server.delay = min(self.max_delay, server.delay * 2)
 
 
 class Listener:

@@ -237,7 +237,7 @@ def test_Client_write_after_peer_reset_raises_write_error(serve):
 def test_Client_write_rejects_non_bytes(serve):
     listener = serve(EchoService())
     with gtcp.Client("127.0.0.1", listener.port) as client:
-        with pytest.raises(TypeError, match="bytes-like.*'str'"):
+        with pytest.raises(TypeError, match=r"bytes-like.*'str'"):
             client.write_bytes("text")  # type: ignore[arg-type]
         client.write_bytes(bytearray(b"ba"))
         client.write_bytes(memoryview(b"mv"))

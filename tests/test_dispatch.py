@@ -97,7 +97,7 @@ def test_dispatch_on_connect_failure_closes_connection_without_callbacks(serve, 
 
     listener = serve(_service(fail))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
-    with pytest.raises(gtcp.PeerClosedError, match="^Connection closed by the server.$"):
+    with pytest.raises(gtcp.PeerClosedError, match=r"^Connection closed by the server.$"):
         client.read_bytes()
     client.close()
     assert calls == []

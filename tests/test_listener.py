@@ -123,7 +123,7 @@ def test_Listener_bad_arguments_raise_config_error():
         gtcp.Listener(70000)
     with pytest.raises(gtcp.ConfigError, match="local_port"):
         gtcp.Listener(-1)
-    with pytest.raises(gtcp.ConfigError, match="Unknown listener option.*bogus"):
+    with pytest.raises(gtcp.ConfigError, match=r"Unknown listener option.*bogus"):
         gtcp.Listener(0, bogus=1)
     with pytest.raises(gtcp.ConfigError, match="max_connections"):
         gtcp.Listener(0, max_connections=0)
@@ -145,7 +145,7 @@ def test_Listener_port_in_use_raises_listener_error(serve):
 def test_Listener_bad_local_host_raises_listener_error():
     listener = gtcp.Listener(0, local_host="invalid.host.invalid")
     listener.attach(EchoService())
-    with pytest.raises(gtcp.ListenerError, match="^Error initializing the server: "):
+    with pytest.raises(gtcp.ListenerError, match=r"^Error initializing the server: "):
         listener.start()
 
 
@@ -155,7 +155,7 @@ def test_Listener_attach_rejects_ballerina_spelled_service():
             return None
 
     listener = gtcp.Listener(0)
-    with pytest.raises(TypeError, match="'onConnect'.*'on_connect'"):
+    with pytest.raises(TypeError, match=r"'onConnect'.*'on_connect'"):
         listener.attach(Bad())
     with pytest.raises(TypeError, match="no on_connect"):
         listener.attach(object())
@@ -193,7 +193,7 @@ def test_Listener_graceful_stop_with_timeout_closes_what_is_left(serve):
     assert client.read_bytes() == b"x"
     listener.graceful_stop(timeout=SHORT)
     assert service.services[0].closed.is_set()  # on_close ran before return
-    with pytest.raises(gtcp.PeerClosedError, match="^Connection closed by the server.$"):
+    with pytest.raises(gtcp.PeerClosedError, match=r"^Connection closed by the server.$"):
         client.read_bytes()
     client.close()
 
