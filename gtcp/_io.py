@@ -366,7 +366,13 @@ class Stream:
             pass
 
     def _drain(self, linger: float) -> None:
+        # A watcher of its own: a reader woken by close() may not have left
+        # the shared one yet.
         raw = self._raw
+        fileno = raw.fileno()
+        if fileno < 0:
+            return
+        watcher = self._hub.loop.io(fileno, 1)
         timer = Timeout.start_new(linger, _Lingered)
         try:
             while True:
@@ -374,11 +380,12 @@ class Stream:
                     if not raw.recv(READ_SIZE):
                         return
                 except BlockingIOError:
-                    self._hub.wait(self._rwatch)
+                    self._hub.wait(watcher)
         except (OSError, _Interrupted, _Lingered):
             return
         finally:
             timer.cancel()
+            watcher.close()
 
     def finish_in_background(self) -> None:
         """Close now if the peer already hung up, else linger in a greenlet."""
