@@ -356,3 +356,60 @@ def test_dispatch_caller_facts(serve):
         assert (caller.local_host, caller.local_port) == ("127.0.0.1", listener.port)
         assert caller.tls is None
         assert "gtcp.Caller" in repr(caller)
+
+
+def test_dispatch_write_back_timeout_calls_on_error_then_closes(serve):
+    errors = Queue()
+    closed = Event()
+
+    class Flood:
+        def on_bytes(self, data):
+            return b"f" * (32 * 1024 * 1024)  # far more than the socket buffers hold
+
+        def on_error(self, err):
+            errors.put(err)
+
+        def on_close(self):
+            closed.set()
+
+    listener = serve(_service(lambda caller: Flood()), write_timeout=0.3)
+    sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
+    sock.sendall(b"go")  # ... and never read
+    err = errors.get(timeout=LONG)
+    assert type(err) is gtcp.WriteTimeoutError and str(err) == "Write timed out"
+    assert closed.wait(LONG)
+    sock.close()
+
+
+def test_dispatch_on_bytes_returning_wrong_type_is_logged_and_closed(serve, gtcp_log):
+    class Text:
+        def on_bytes(self, data):
+            return data.decode()
+
+    listener = serve(_service(lambda caller: Text()))
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    client.write_bytes(b"abc")
+    with pytest.raises(gtcp.PeerClosedError):
+        client.read_bytes()
+    client.close()
+    assert any("returned str" in r.getMessage() for r in gtcp_log.records)
+
+
+def test_dispatch_time_in_callbacks_is_not_idle(serve):
+    done = Queue()
+
+    class Busy:
+        def on_bytes(self, data):
+            gevent.sleep(0.5)  # longer than the idle timeout, but busy, not idle
+            return data
+
+        def on_error(self, err):
+            done.put(err)
+
+    listener = serve(_service(lambda caller: Busy()), idle_timeout=0.3)
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    client.write_bytes(b"work")
+    assert client.read_bytes() == b"work"
+    err = done.get(timeout=LONG)  # then, silent: the idle timeout ends it
+    assert isinstance(err, gtcp.ReadTimeoutError)
+    client.close()
