@@ -31,7 +31,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
-from typing import Any, TypeVar, Union, cast
+from typing import Any, TypeVar, cast
 
 from ._errors import ConfigError
 
@@ -67,10 +67,10 @@ DEFAULT_SESSION_TIMEOUT = 300.0
 TLS_VERSION_NAMES = ("SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 
 #: What a timeout argument may be: ``int``, ``float`` or ``decimal.Decimal``.
-Seconds = Union[float, Decimal]
+Seconds = float | Decimal
 
 #: A file location: ``str`` or any ``os.PathLike[str]`` (stored as ``str``).
-FilePath = Union[str, "os.PathLike[str]"]
+FilePath = str | os.PathLike[str]
 
 _CERT_FILE_BLANK = "Certificate file location must be provided for secure connection"
 _KEY_FILE_BLANK = "Private key file location must be provided for secure connection"
@@ -145,6 +145,10 @@ def _seconds(value: object, field: str) -> float:
     if math.isnan(seconds):
         raise ConfigError(f"{field} must be a number of seconds, got {value!r}")
     return seconds
+
+
+def _optional_seconds(value: object, field: str) -> float | None:
+    return None if value is None else _seconds(value, field)
 
 
 def _flag(value: object, field: str) -> bool:
@@ -273,7 +277,9 @@ class KeyStore:
 
     def __init__(self, path: FilePath, password: str) -> None:
         object.__setattr__(self, "path", _file(path, "KeyStore path", _KEYSTORE_PATH_BLANK))
-        object.__setattr__(self, "password", _password(password, "KeyStore password", _KEYSTORE_PASSWORD_BLANK))
+        object.__setattr__(
+            self, "password", _password(password, "KeyStore password", _KEYSTORE_PASSWORD_BLANK)
+        )
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -363,11 +369,9 @@ class ListenerSecureSocket:
     ) -> None:
         object.__setattr__(self, "key", _key(key, "key"))
         object.__setattr__(self, "protocol", _protocol(protocol))
-        object.__setattr__(self, "ciphers", () if ciphers is None else _names(ciphers, "ciphers", "cipher suite names"))
+        object.__setattr__(self, "ciphers", _listener_ciphers(ciphers))
         object.__setattr__(self, "handshake_timeout", _seconds(handshake_timeout, "handshake_timeout"))
-        object.__setattr__(
-            self, "session_timeout", None if session_timeout is None else _seconds(session_timeout, "session_timeout")
-        )
+        object.__setattr__(self, "session_timeout", _optional_seconds(session_timeout, "session_timeout"))
         object.__setattr__(self, "mutual_ssl", _mutual_ssl(mutual_ssl))
         _check_tls(self.protocol, self.ciphers)
 
@@ -413,7 +417,7 @@ class ClientSecureSocket:
             ("protocol", protocol, _protocol),
             ("ciphers", ciphers, _client_ciphers),
             ("handshake_timeout", handshake_timeout, lambda v: _seconds(v, "handshake_timeout")),
-            ("session_timeout", session_timeout, lambda v: None if v is None else _seconds(v, "session_timeout")),
+            ("session_timeout", session_timeout, lambda v: _optional_seconds(v, "session_timeout")),
             ("verify_hostname", verify_hostname, lambda v: _flag(v, "verify_hostname")),
             ("server_name", server_name, _server_name),
         ]
@@ -427,6 +431,10 @@ class ClientSecureSocket:
             object.__setattr__(self, field, normalised)
         if enabled:
             _check_tls(self.protocol, self.ciphers)
+
+
+def _listener_ciphers(value: object) -> tuple[str, ...]:
+    return () if value is None else _names(value, "ciphers", "cipher suite names")
 
 
 def _client_ciphers(value: object) -> tuple[str, ...] | None:

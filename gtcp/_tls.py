@@ -12,20 +12,25 @@ Protocol versions
 -----------------
 With no ``versions`` a context allows TLS 1.2 to TLS 1.3. Otherwise it allows
 from the lowest to the highest listed version *that the local OpenSSL can
-speak*. "Can speak" is measured, not assumed: :func:`version_supported` makes a
-context pinned to that one version write a ClientHello into a memory BIO (no
-socket, no peer). SSLv3 is not compiled into any current OpenSSL, so a config
-listing only SSLv3 raises ``ConfigError`` when it is built rather than failing
-at every handshake later.
+speak*. "Can speak" is measured, not assumed: :func:`version_supported` runs a
+full handshake pinned to that one version between two in-memory endpoints (no
+socket), once per version and process. SSLv3 is not compiled into any current
+OpenSSL, so a config listing only SSLv3 raises ``ConfigError`` when it is
+built rather than failing at every handshake later.
 
-OpenSSL 3 has TLS 1.0 and 1.1 compiled in but refuses them at security level 1
-and above (they sign the handshake with SHA-1/MD5). When, and only when,
-``versions`` asks for a version below TLS 1.2, the cipher string gets
-``@SECLEVEL=0`` (on top of OpenSSL's ``DEFAULT`` list when no ciphers were
-named, since Python's own default list leaves out the SHA-1 suites those
-versions need). Level 0 applies to that whole context: it also admits short
-keys and SHA-1 certificate signatures. That is the price of the old versions on
-this OpenSSL and is why it is never done unasked.
+OpenSSL 3 has TLS 1.0 and 1.1 compiled in but refuses them at security level
+1 and above, its default (they sign the handshake with SHA-1/MD5). gtcp does
+not lower the security level: the contract (API.md section 6) says
+``["TLSv1.2", "TLSv1.1"]`` means TLS 1.2 here, as on a current JDK, so on
+OpenSSL 3 TLS 1.0/1.1 count as unsupported and are left out, and a list of
+only those raises ``ConfigError``. (Appending ``@SECLEVEL=0`` to the cipher
+string would make them work, but level 0 applies to the whole context and also
+admits short keys and SHA-1 certificate signatures; that is a decision for an
+explicit option, not a side effect of listing a version.) Where the local
+OpenSSL does allow them (e.g. OpenSSL 1.1.1 at level 1), a context whose range
+starts below TLS 1.2 uses OpenSSL's ``DEFAULT`` cipher list unless ciphers are
+named, because Python's own default list leaves out the SHA-1 suites those
+versions need.
 
 Cipher suites
 -------------
@@ -61,12 +66,17 @@ lifetime the server gave it.
 Key material
 ------------
 ``load_cert_chain`` only reads files. PEM ``CertKey`` files are handed to it
-as they are. A PKCS#12 ``KeyStore`` is decoded with ``cryptography`` (legacy
+as they are, with a password callback even when no ``key_password`` is given
+(without one OpenSSL prompts on the terminal for an encrypted key, blocking the
+process). When loading fails, the files are read again with ``cryptography``
+to say which file is wrong and why. A PKCS#12 ``KeyStore`` is decoded with ``cryptography`` (legacy
 RC2/3DES stores included) and re-encoded as PEM, the private key encrypted
 with a random one-time password, into an anonymous in-memory file
 (``memfd_create``, read through ``/proc/self/fd``). Where that does not exist
 a private temporary file (mode 0600) is used and deleted as soon as OpenSSL has
-read it; either way the key never reaches a disk unencrypted.
+read it; either way the key never reaches a disk unencrypted. Every
+certificate of a ``TrustStore`` is handed over in memory
+(``load_verify_locations(cadata=...)``).
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import datetime
 import functools
 import math
 import os
@@ -91,7 +102,9 @@ from typing import Protocol as _Protocol
 import gevent.ssl  # type: ignore[import-untyped, unused-ignore]
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ._config import (
@@ -108,6 +121,7 @@ from ._errors import ConfigError, TLSError
 
 __all__ = [
     "CLIENT_CONTEXT_CACHE_SIZE",
+    "SESSIONS",
     "IANA_CIPHER_NAMES",
     "SESSION_CACHE_SIZE",
     "NegotiationPlan",
@@ -118,12 +132,11 @@ __all__ = [
     "negotiation_plan",
     "resolve_ciphers",
     "server_context",
-    "session_cache",
     "tls_info",
     "version_supported",
 ]
 
-#: Sessions kept by the process-wide :data:`session_cache`. A session is a few
+#: Sessions kept by the process-wide :data:`SESSIONS`. A session is a few
 #: hundred bytes; 1000 covers a client talking to many servers while bounding
 #: memory when host names are unbounded.
 SESSION_CACHE_SIZE = 1000
@@ -144,10 +157,9 @@ _VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLSv1.3": ssl.TLSVersion.TLSv1_3,
 }
 
-#: Cipher string for versions below TLS 1.2 when no cipher is named (see the
-#: module docstring on security levels).
+#: Cipher string for versions below TLS 1.2 when no cipher is named: Python's
+#: default list has no SHA-1 suite, and TLS 1.0/1.1 have nothing else.
 _LEGACY_CIPHERS = "DEFAULT"
-_LEGACY_SECLEVEL = "@SECLEVEL=0"
 
 #: Every suite the local OpenSSL knows, whatever is enabled by default.
 _ALL_CIPHERS = "ALL:COMPLEMENTOFALL:@SECLEVEL=0"
@@ -209,27 +221,75 @@ def _set_versions(ctx: ssl.SSLContext, minimum: ssl.TLSVersion, maximum: ssl.TLS
         ctx.maximum_version = maximum
 
 
-@functools.lru_cache(maxsize=None)
-def version_supported(version: ssl.TLSVersion) -> bool:
-    """True when the local OpenSSL can start a handshake at exactly ``version``.
+@functools.cache
+def _probe_identity() -> bytes:
+    """A throwaway self-signed EC key and certificate (PEM) for :func:`version_supported`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "gtcp version probe")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ) + cert.public_bytes(serialization.Encoding.PEM)
 
-    Measured once per version: a client context pinned to it must write a
-    ClientHello into a memory BIO. Versions below TLS 1.2 are tried at
-    ``@SECLEVEL=0``, as gtcp would use them.
+
+def _handshake_in_memory(client: ssl.SSLObject, server: ssl.SSLObject, pipes: list[ssl.MemoryBIO]) -> bool:
+    """Pump a handshake between two SSLObjects; True when both finish."""
+    client_out, server_in, server_out, client_in = pipes
+    done = [False, False]
+    for _ in range(10):
+        for index, (side, outgoing, incoming) in enumerate(
+            ((client, client_out, server_in), (server, server_out, client_in))
+        ):
+            if not done[index]:
+                try:
+                    side.do_handshake()
+                    done[index] = True
+                except ssl.SSLWantReadError:
+                    pass
+            incoming.write(outgoing.read())
+        if all(done):
+            return True
+    return False
+
+
+@functools.cache
+def version_supported(version: ssl.TLSVersion) -> bool:
+    """True when the local OpenSSL completes a handshake at exactly ``version``.
+
+    Measured once per version with a full handshake between two in-memory
+    endpoints (no socket) pinned to that version, at the local OpenSSL's own
+    security level. Versions below TLS 1.2 use OpenSSL's ``DEFAULT`` cipher
+    list, as gtcp would.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    pipes = [ssl.MemoryBIO() for _ in range(4)]
     try:
-        if version < ssl.TLSVersion.TLSv1_2:
-            ctx.set_ciphers(f"{_LEGACY_CIPHERS}:{_LEGACY_SECLEVEL}")
-        _set_versions(ctx, version, version)
-        ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO()).do_handshake()
-    except ssl.SSLWantReadError:
-        return True  # the ClientHello went out; the handshake waits for a server
+        with _transient_file(_probe_identity()) as path:
+            server.load_cert_chain(path)
+        for ctx in (server, client):
+            if version < ssl.TLSVersion.TLSv1_2:
+                ctx.set_ciphers(_LEGACY_CIPHERS)
+            _set_versions(ctx, version, version)
+        return _handshake_in_memory(
+            client.wrap_bio(pipes[3], pipes[0]),
+            server.wrap_bio(pipes[1], pipes[2], server_side=True),
+            pipes,
+        )
     except (ssl.SSLError, ValueError):
         return False
-    return False
 
 
 @functools.lru_cache(maxsize=1)
@@ -310,13 +370,18 @@ def negotiation_plan(protocol: ProtocolConfig | None, ciphers: tuple[str, ...] |
         if not old:
             minimum = max(minimum, ssl.TLSVersion.TLSv1_3)
         if minimum > maximum:
-            versions = list(protocol.versions) if protocol is not None and protocol.versions else "the default"
+            versions = list(protocol.versions) if protocol is not None and protocol.versions else "default"
             raise ConfigError(
-                f"No TLS protocol version suits both the versions {versions} and the ciphers {list(ciphers)!r}"
+                f"No TLS protocol version suits both the versions {versions} and the ciphers {list(ciphers)}"
             )
     cipher_string = ":".join(old) if old and minimum < ssl.TLSVersion.TLSv1_3 else None
-    if minimum < ssl.TLSVersion.TLSv1_2:
-        cipher_string = f"{cipher_string or _LEGACY_CIPHERS}:{_LEGACY_SECLEVEL}"
+    if cipher_string is None and minimum < ssl.TLSVersion.TLSv1_2:
+        cipher_string = _LEGACY_CIPHERS
+    if cipher_string is not None:
+        try:  # names OpenSSL knows may still be refused at its security level
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(cipher_string)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"No usable cipher suite in {list(ciphers or ())}") from exc
     return NegotiationPlan(minimum, maximum, cipher_string)
 
 
@@ -390,7 +455,7 @@ def _load_cert_key(ctx: ssl.SSLContext, key: CertKey) -> None:
 
 def _read_store(
     path: str, password: str, kind: str
-) -> tuple[pkcs12.PKCS12PrivateKeyTypes | None, list[x509.Certificate]]:
+) -> tuple[PrivateKeyTypes | None, list[x509.Certificate]]:
     """The private key (if any) and every certificate of a PKCS#12 file, leaf first."""
     try:
         data = Path(path).read_bytes()
@@ -496,10 +561,7 @@ def _new_context(
     ctx: ssl.SSLContext = gevent.ssl.SSLContext(purpose)
     ctx.options |= ssl.OP_NO_COMPRESSION | _NO_RENEGOTIATION
     if plan.cipher_string is not None:
-        try:
-            ctx.set_ciphers(plan.cipher_string)
-        except ssl.SSLError as exc:
-            raise ConfigError(f"No usable cipher suite in {list(ciphers or ())!r}") from exc
+        ctx.set_ciphers(plan.cipher_string)  # checked by negotiation_plan
     _set_versions(ctx, plan.minimum_version, plan.maximum_version)
     return ctx
 
@@ -542,7 +604,8 @@ class _ContextCache:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._contexts: collections.OrderedDict[ClientSecureSocket, ssl.SSLContext] = collections.OrderedDict()
+        self._contexts: collections.OrderedDict[ClientSecureSocket, ssl.SSLContext]
+        self._contexts = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, cfg: ClientSecureSocket) -> ssl.SSLContext:
@@ -653,7 +716,7 @@ class SessionCache:
 
 
 #: The process-wide client session cache.
-session_cache = SessionCache()
+SESSIONS = SessionCache()
 
 
 # ---------------------------------------------------------------------------
