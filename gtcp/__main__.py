@@ -10,10 +10,11 @@ A failure gtcp reports (``gtcp.Error``: connection refused, a bad port...) is
 one line on stderr, ``gtcp: error: <message>``, and exit status 1; no
 traceback. Command-line mistakes are argparse's (exit status 2).
 
-TLS options (``--cert``/``--key``/``--ca``) belong in :func:`_add_listener_options`
-and :func:`_add_client_options`, turned into ``secure_socket`` by
-:func:`_listener_kwargs` and :func:`_client_kwargs`: every subcommand builds its
-``Listener`` and ``Client`` through those two functions.
+``echo`` serves TLS with ``--cert``/``--key`` (and mutual TLS with ``--ca``);
+``send`` connects with TLS given ``--tls``, ``--ca`` or a client ``--cert``/``--key``.
+The options are declared in :func:`_add_listener_options` and
+:func:`_add_client_options` and turned into ``secure_socket`` records by
+:func:`_listener_kwargs` and :func:`_client_kwargs`.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
+import gevent  # type: ignore[import-untyped, unused-ignore]
+
 from ._caller import Caller
 from ._client import Client
-from ._errors import Error
+from ._config import CertKey, ClientSecureSocket, ListenerSecureSocket, MutualSsl
+from ._errors import ConfigError, Error
 from ._listener import Listener
 from ._service import ConnectionService, Service
 
@@ -45,6 +48,9 @@ DEMO_STEP_SECONDS = 30.0
 
 #: Default read/connect deadline of ``send``, in seconds.
 SEND_TIMEOUT = 30.0
+
+#: Signals that stop the echo server gracefully (Ctrl-C, and a service manager's stop).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 #: Exit status when a gtcp.Error ends a command.
 EXIT_ERROR = 1
@@ -64,10 +70,18 @@ def _say(text: str) -> None:
 class EchoService(ConnectionService):
     """Ballerina's section 6 ``EchoService``: print each chunk, echo it back."""
 
-    def on_bytes(self, caller: Caller, data: bytes) -> None:
-        """Print the chunk as text and write it back to the caller."""
+    def on_bytes(self, caller: Caller, data: bytes) -> Error | None:
+        """Print the chunk as text and write it back to the caller.
+
+        A failed write is returned, as Ballerina's ``return caller->writeBytes(data)``:
+        gtcp logs it (no traceback: a peer that left is not a bug).
+        """
         _say(f"Echo: {data.decode('utf-8', errors='replace')}")
-        caller.write_bytes(data)
+        try:
+            caller.write_bytes(data)
+        except Error as err:
+            return err
+        return None
 
     def on_error(self, err: Error) -> None:
         """Log the error (Ballerina: ``log:printError``)."""
@@ -87,13 +101,18 @@ class Echo(Service):
         return EchoService()
 
 
-# -- building listeners and clients (the place for TLS options) ---------------
+# -- building listeners and clients: plain or TLS ------------------------------
 
 
 def _add_listener_options(parser: argparse.ArgumentParser) -> None:
     """Options of a subcommand that runs a listener."""
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: %(default)s; 0.0.0.0 or :: for all interfaces)")
+    tls = parser.add_argument_group("TLS", "serve TLS when --cert and --key are given")
+    tls.add_argument("--cert", metavar="FILE", help="the server's PEM certificate chain")
+    tls.add_argument("--key", metavar="FILE", help="the server's PEM private key")
+    tls.add_argument("--ca", metavar="FILE",
+                     help="PEM CA certificates: require a client certificate signed by one (mutual TLS)")
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -101,16 +120,48 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=SEND_TIMEOUT, metavar="S",
                         help="seconds to wait to connect and for the reply (default: %(default)g; "
                              "0 waits forever)")
+    tls = parser.add_argument_group("TLS", "connect with TLS when --tls or any option below is given")
+    tls.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CA certificates")
+    tls.add_argument("--ca", metavar="FILE", help="PEM certificates to trust instead of the system's")
+    tls.add_argument("--cert", metavar="FILE", help="a client PEM certificate chain (mutual TLS)")
+    tls.add_argument("--key", metavar="FILE", help="the client certificate's PEM private key")
+    tls.add_argument("--server-name", metavar="NAME",
+                     help="name to send in SNI and to check the certificate against (default: HOST)")
+    tls.add_argument("--no-verify-hostname", dest="verify_hostname", action="store_false",
+                     help="do not check the certificate's name (Ballerina's behaviour)")
+
+
+def _cert_key(args: argparse.Namespace) -> CertKey | None:
+    """The ``CertKey`` of --cert/--key, or None; both or neither must be given."""
+    if (args.cert is None) != (args.key is None):
+        raise ConfigError("--cert and --key must be given together")
+    return None if args.cert is None else CertKey(args.cert, args.key)
 
 
 def _listener_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``Listener`` from the parsed options."""
-    return {"local_host": args.host}
+    kwargs: dict[str, Any] = {"local_host": args.host}
+    key = _cert_key(args)
+    if key is None and args.ca is not None:
+        raise ConfigError("--ca needs --cert and --key: mutual TLS is TLS")
+    if key is not None:
+        mutual = None if args.ca is None else MutualSsl(args.ca)
+        kwargs["secure_socket"] = ListenerSecureSocket(key, mutual_ssl=mutual)
+    return kwargs
 
 
 def _client_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``Client`` from the parsed options."""
-    return {"timeout": args.timeout, "connect_timeout": args.timeout}
+    kwargs: dict[str, Any] = {"timeout": args.timeout, "connect_timeout": args.timeout}
+    key = _cert_key(args)
+    tls_asked = (args.tls, args.ca is not None, key is not None, args.server_name is not None,
+                 not args.verify_hostname)
+    if any(tls_asked):
+        kwargs["secure_socket"] = ClientSecureSocket(
+            cert=args.ca, key=key, server_name=args.server_name,
+            verify_hostname=args.verify_hostname,
+        )
+    return kwargs
 
 
 # -- the subcommands -------------------------------------------------------------
@@ -121,7 +172,8 @@ def _start_echo(port: int, *, local_host: str, **kwargs: Any) -> Listener:
     listener = Listener(port, local_host=local_host, **kwargs)
     listener.attach(Echo())
     listener.start()
-    _say(f"Echo server listening on {local_host}:{listener.port}")
+    tls = " (TLS)" if kwargs.get("secure_socket") is not None else ""
+    _say(f"Echo server listening on {local_host}:{listener.port}{tls}")
     return listener
 
 
@@ -142,16 +194,30 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _echo(args: argparse.Namespace) -> int:
-    """Serve the echo listener until Ctrl-C, then stop it gracefully."""
-    _interrupt_on_sigint()
+    """Serve the echo listener until Ctrl-C (or SIGTERM), then stop it gracefully."""
     listener = _start_echo(args.port, **_listener_kwargs(args))
+    stopped = [gevent.signal_handler(signum, _stop, listener) for signum in STOP_SIGNALS]
     try:
         listener.serve_forever()
     except KeyboardInterrupt:
-        _say("Stopping the echo server")
+        # SIGINT that arrived before the handlers were in place.
+        _stop(listener)
     finally:
-        listener.graceful_stop()
+        for handler in stopped:
+            handler.cancel()
     return 0
+
+
+def _stop(listener: Listener) -> None:
+    """Stop the echo listener gracefully: new connections are refused at once.
+
+    Runs in its own greenlet (gevent's signal handler), so the hub never sees
+    a ``KeyboardInterrupt`` (it would print one to stderr) and ``serve_forever``
+    simply returns in the main greenlet.
+    """
+    if listener.running:
+        _say("Stopping the echo server")
+        listener.graceful_stop()
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -161,17 +227,6 @@ def _send(args: argparse.Namespace) -> int:
         reply = client.read_bytes()
     _say(reply.decode("utf-8", errors="replace"))
     return 0
-
-
-def _interrupt_on_sigint() -> None:
-    """Make Ctrl-C raise KeyboardInterrupt even if SIGINT was ignored.
-
-    A process started in the background by a shell without job control
-    inherits an ignored SIGINT, and Python then leaves it ignored; a server
-    that promises to stop on Ctrl-C must not depend on that.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # -- the parser --------------------------------------------------------------

@@ -34,7 +34,7 @@ class Caller:
     ``None`` on plain TCP).
     """
 
-    __slots__ = ("_stream", "id", "local_host", "local_port", "remote_host", "remote_port")
+    __slots__ = ("_id", "_stream", "local_host", "local_port", "remote_host", "remote_port")
 
     def __init__(self, stream: Stream, remote: Any, local: Any) -> None:
         self._stream = stream
@@ -42,7 +42,14 @@ class Caller:
         self.remote_port: int = int(remote[1])
         self.local_host: str = host_text(local)
         self.local_port: int = int(local[1])
-        self.id: str = str(uuid.uuid4())
+        self._id: str | None = None
+
+    @property
+    def id(self) -> str:
+        """A unique string (a UUID) for this connection, the same in every callback."""
+        if self._id is None:
+            self._id = str(uuid.uuid4())
+        return self._id
 
     @property
     def tls(self) -> TLSInfo | None:

@@ -9,7 +9,7 @@ import gevent.socket
 from gevent import Timeout
 from gevent.lock import Semaphore
 
-from ._errors import ClosedError, ConfigError, ConnectError, PeerClosedError
+from ._errors import ConfigError, ConnectError, PeerClosedError
 from ._io import Stream, handshake, seconds
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class Client:
         self.remote_port = remote_port
         self._read_lock = Semaphore(1)
         self._peer_error: PeerClosedError | None = None
+        self._secure_socket: Any = None  # set once a TLS session is worth saving
         gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
         if secure is not None:
             gsock = self._secure(gsock, secure, context)
@@ -83,8 +84,12 @@ class Client:
         session = SESSIONS.get(secure, self.remote_host, self.remote_port)
         tls = handshake(gsock, context, handshake_timeout(secure), server_side=False,
                         server_hostname=host, session=session)
-        self._secure_socket = secure
-        SESSIONS.put(secure, self.remote_host, self.remote_port, tls.session)
+        if tls.version() == "TLSv1.3" and not tls.session_reused:
+            # The ticket comes after the handshake: save the session after
+            # the first read (or at close), once.
+            self._secure_socket = secure
+        elif not tls.session_reused:
+            SESSIONS.put(secure, self.remote_host, self.remote_port, tls.session)
         return tls
 
     # -- I/O ---------------------------------------------------------------------
@@ -115,20 +120,20 @@ class Client:
             except PeerClosedError as exc:
                 self._peer_error = exc
                 raise
-        self._remember_session()
+        if self._secure_socket is not None:
+            self._remember_session()
         return data
 
     def _remember_session(self) -> None:
-        # TLS 1.3 sends the session ticket after the handshake: the session
-        # worth saving is only known once something was read.
-        secure = getattr(self, "_secure_socket", None)
-        if secure is not None and not self._stream.closed:
+        """Save a TLS 1.3 session once its ticket arrived (after a read)."""
+        secure = self._secure_socket
+        sslobj = self._stream.sslobj
+        session = sslobj.session if sslobj is not None else None
+        if secure is not None and session is not None and session.has_ticket:
             from ._tls import SESSIONS
 
-            sslobj = self._stream.sslobj
-            session = sslobj.session if sslobj is not None else None
-            if session is not None:
-                SESSIONS.put(secure, self.remote_host, self.remote_port, session)
+            SESSIONS.put(secure, self.remote_host, self.remote_port, session)
+            self._secure_socket = None
 
     def close(self) -> None:
         """Close the connection gracefully; idempotent, returns at once.
@@ -138,7 +143,8 @@ class Client:
         background so the close never turns into a reset.
         """
         if not self._stream.closed:
-            self._remember_session()
+            if self._secure_socket is not None:
+                self._remember_session()
             self._stream.finish_in_background()
 
     # -- facts -------------------------------------------------------------------

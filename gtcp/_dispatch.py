@@ -70,21 +70,27 @@ class Connection:
     """One accepted connection; :meth:`run` is the StreamServer handler body."""
 
     __slots__ = (
-        "_idle_timer", "_last_read", "aborted", "cfg", "done", "greenlet", "gsock",
-        "idle_expired", "peer", "stream",
+        "_address", "_idle_timer", "_last_read", "aborted", "cfg", "greenlet", "gsock",
+        "idle_expired", "stream",
     )
 
     def __init__(self, cfg: ServeConfig, gsock: Any, address: Any) -> None:
         self.cfg = cfg
         self.gsock = gsock
-        self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        self._address = address
         self.stream: Stream | None = None
         self.aborted = False
         self.idle_expired = False
         self._idle_timer: Any = None
         self._last_read = 0.0
-        self.done = Event()
+        #: The greenlet serving this connection (joined by the stops).
         self.greenlet: Any = None
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` of the peer, for log lines."""
+        address = self._address
+        return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
 
     # -- stopping (called from other greenlets) ---------------------------
 
@@ -117,10 +123,11 @@ class Connection:
                 self._idle_timer.close()
             if self.stream is not None:
                 self.stream.finish(None)
+            else:
+                self.gsock.close()
             cfg.connections.discard(self)
             if not cfg.connections:
                 cfg.idle_event.set()
-            self.done.set()
 
     def _run(self) -> None:
         gsock = self.gsock
@@ -189,14 +196,14 @@ class Connection:
         """Deliver chunks until the connection ends; the error for on_error, if any."""
         on_bytes = callbacks.on_bytes
         with_caller = callbacks.on_bytes_with_caller
-        read = stream.read
-        write = stream.write
         track = self._idle_timer is not None
         loop = get_hub().loop
-        wait_first = False
+        # Wait before the first read too: a new peer has rarely sent yet, and
+        # a failed recv would leave its exception's frame alive while idle.
+        wait_first = True
         while True:
             try:
-                data = read(None, wait_first)
+                data = stream.read(None, wait_first)
             except ClosedError:
                 return ReadTimeoutError() if self.idle_expired else None
             except PeerClosedError as exc:
@@ -215,7 +222,7 @@ class Connection:
             if result is None:
                 continue
             if isinstance(result, (bytes, bytearray, memoryview)):
-                failure = self._write_back(write, result)
+                failure = self._write_back(stream, result)
                 if failure is not None:
                     return failure
             elif isinstance(result, Error):
@@ -228,9 +235,9 @@ class Connection:
                 return None
 
     @staticmethod
-    def _write_back(write: Any, result: Any) -> Error | None:
+    def _write_back(stream: Stream, result: Any) -> Error | None:
         try:
-            write(result)
+            stream.write(result)
         except (ClosedError, WriteTimeoutError) as exc:
             return exc
         except WriteError as exc:

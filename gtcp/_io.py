@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-from gevent import Timeout, get_hub
+from gevent import Timeout, get_hub, getcurrent
 from gevent.lock import Semaphore
 
 from ._errors import (
@@ -160,7 +160,7 @@ class Stream:
         else:
             self._recv = raw.recv
             self._send = raw.send
-        self._wlock = Semaphore(1)
+        self._wlock: Semaphore | None = None  # made at the first contention
         #: True once close() ran: every later operation raises ClosedError.
         self.closed = False
         #: True once the peer's EOF was read.
@@ -184,14 +184,16 @@ class Stream:
             self._wait(self._rwatch, timeout, ReadTimeoutError)
         recv = self._recv
         while True:
+            # The waits happen outside the except clauses: waiting inside one
+            # would keep the exception and its traceback alive for as long
+            # as the connection is idle (half a KiB per connection).
+            want = 0
             try:
                 data = recv(READ_SIZE)
             except _WOULD_BLOCK:
-                self._wait(self._rwatch, timeout, ReadTimeoutError)
-                continue
+                want = 1
             except ssl.SSLWantWriteError:
-                self._wait_other(2, timeout, ReadTimeoutError)
-                continue
+                want = 2
             except _TLS_EOF:
                 data = b""
             except ssl.SSLError as exc:
@@ -201,10 +203,15 @@ class Stream:
                     raise ClosedError() from exc
                 self.eof = True
                 raise PeerClosedError(_reason(exc)) from exc
-            if data:
+            if want == 1:
+                self._wait(self._rwatch, timeout, ReadTimeoutError)
+            elif want == 2:
+                self._wait_other(2, timeout, ReadTimeoutError)
+            elif data:
                 return data
-            self.eof = True
-            raise PeerClosedError()
+            else:
+                self.eof = True
+                raise PeerClosedError()
 
     # -- writing ---------------------------------------------------------
 
@@ -220,7 +227,8 @@ class Stream:
             raise ClosedError()
         if type(data) is not bytes:
             data = _as_bytes_view(data)
-        if not self._wlock.locked():
+        wlock = self._wlock
+        if wlock is None or not wlock.locked():
             # Fast path: nothing else is mid-write and no switch can happen
             # between this check and send(), so the bytes cannot interleave.
             try:
@@ -234,6 +242,8 @@ class Stream:
             if sent == len(data):
                 return
             data = memoryview(data).cast("B")[sent:]
+        if self._wlock is None:
+            self._wlock = Semaphore(1)
         with self._wlock:
             self._write_slow(data)
 
@@ -245,17 +255,21 @@ class Stream:
             while view:
                 if self.closed:
                     raise ClosedError()
+                want = 0
                 try:
                     sent = self._send(view)
                 except (BlockingIOError, ssl.SSLWantWriteError):
-                    self._wait(self._wwatch, None, WriteTimeoutError)
-                    continue
+                    want = 2
                 except ssl.SSLWantReadError:
-                    self._wait_other(1, None, WriteTimeoutError)
-                    continue
+                    want = 1
                 except OSError as exc:
                     raise self._write_failed(exc) from exc
-                view = view[sent:]
+                if want == 2:
+                    self._wait(self._wwatch, None, WriteTimeoutError)
+                elif want == 1:
+                    self._wait_other(1, None, WriteTimeoutError)
+                else:
+                    view = view[sent:]
         except Timeout as exc:
             if exc is not timer:
                 raise
@@ -276,10 +290,20 @@ class Stream:
     def _wait(
         self, watcher: Any, timeout: float | None, timeout_error: type[Error]
     ) -> None:
-        """Wait until *watcher* fires; raise *timeout_error* after *timeout*."""
+        """Wait until *watcher* fires; raise *timeout_error* after *timeout*.
+
+        The watcher switches straight back into this greenlet (no ``Waiter``):
+        one object and two Cython frames less on every wait, which shows in
+        both throughput and the memory an idle connection holds.
+        ``hub.cancel_wait`` still works: it throws into ``callback.__self__``.
+        """
         timer = Timeout.start_new(timeout) if timeout else None
         try:
-            self._hub.wait(watcher)
+            watcher.start(getcurrent().switch)
+            try:
+                self._hub.switch()
+            finally:
+                watcher.stop()
         except Timeout as exc:
             if exc is not timer:
                 raise

@@ -136,12 +136,39 @@ def check_service(service: object) -> None:
     _check_arity(service, "on_connect", on_connect)
 
 
+#: Per class: whether on_bytes takes the caller, once the class passed the checks.
+_CHECKED: dict[type, bool] = {}
+
+
 def resolve(service: Any) -> Callbacks:
     """Check a ConnectionService as a whole and bind its callbacks.
 
     Raises ``TypeError`` with a message naming the problem; the dispatcher
-    logs it and closes the connection.
+    logs it and closes the connection. A class is checked once; an instance
+    that carries callbacks of its own (in its ``__dict__``) every time.
     """
+    cls = type(service)
+    with_caller = _CHECKED.get(cls)
+    if with_caller is not None and not _overrides(service):
+        return Callbacks(service.on_bytes, with_caller,
+                         getattr(service, "on_error", None), getattr(service, "on_close", None))
+    callbacks = _resolve(service)
+    if not _overrides(service):
+        if len(_CHECKED) > 4096:  # classes made on the fly: do not grow forever
+            _CHECKED.clear()
+        _CHECKED[cls] = callbacks.on_bytes_with_caller
+    return callbacks
+
+
+def _overrides(service: Any) -> bool:
+    attrs = getattr(service, "__dict__", None)
+    return bool(attrs) and any(name in attrs for name in _CALLBACK_NAMES)
+
+
+_CALLBACK_NAMES = ("on_bytes", "on_error", "on_close", *_BALLERINA_NAMES)
+
+
+def _resolve(service: Any) -> Callbacks:
     _check_spelling(service)
     on_bytes = getattr(service, "on_bytes", None)
     if not callable(on_bytes):
