@@ -161,8 +161,8 @@ def resolve(service: Any) -> Callbacks:
 
 
 def _overrides(service: Any) -> bool:
-    attrs = getattr(service, "__dict__", None)
-    return bool(attrs) and any(name in attrs for name in _CALLBACK_NAMES)
+    attrs: dict[str, Any] | None = getattr(service, "__dict__", None)
+    return attrs is not None and any(name in attrs for name in _CALLBACK_NAMES)
 
 
 _CALLBACK_NAMES = ("on_bytes", "on_error", "on_close", *_BALLERINA_NAMES)

@@ -185,7 +185,8 @@ def test_secure_invalid_cert_path_fails_at_start_and_leaves_port_free(pki):
     probe.close()
     listener = gtcp.Listener(port, local_host="127.0.0.1", secure_socket=secure)
     listener.attach(EchoService())
-    with pytest.raises(gtcp.TLSError, match="^Failed to initialize the SSL context: .*/nonexistent/cert.pem"):
+    expected = r"^Failed to initialize the SSL context: .*/nonexistent/cert.pem"
+    with pytest.raises(gtcp.TLSError, match=expected):
         listener.start()
     again = socket.socket()
     again.bind(("127.0.0.1", port))  # the failed start never held the port
@@ -229,7 +230,7 @@ def test_secure_blank_fields_messages():
 def test_secure_hostname_is_verified(serve, pki, version):
     listener = serve(EchoService(), secure_socket=_listener_tls(pki, version))
     wrong = _client_tls(pki, server_name="not-the-server.example")
-    with pytest.raises(gtcp.TLSError, match="[Hh]ostname|match"):
+    with pytest.raises(gtcp.TLSError, match=r"[Hh]ostname|match"):
         gtcp.Client("127.0.0.1", listener.port, secure_socket=wrong)
     lax = _client_tls(pki, server_name="not-the-server.example", verify_hostname=False)
     _echo_once(listener.port, lax, host="127.0.0.1")
@@ -297,7 +298,7 @@ def test_secure_handshake_timeout_cuts_silent_and_trickling_clients(serve, pki, 
     with gevent.Timeout(2):
         _echo_once(listener.port, _client_tls(pki))
     # ... and the stuck ones are dropped at the deadline.
-    for sock in silent[:5] + [trickle]:
+    for sock in [*silent[:5], trickle]:
         sock.settimeout(LONG)
         assert sock.recv(100) == b""
     dripper.kill()
@@ -400,5 +401,5 @@ def test_secure_handshake_failure_logs_one_line_no_traceback(serve, pki, gtcp_lo
     lines = [r for r in gtcp_log.records if "TLS handshake" in r.getMessage()]
     assert len(lines) == 3
     assert all(r.exc_info is None and r.levelno == logging.WARNING for r in lines)
-    out, err = capfd.readouterr()
+    _, err = capfd.readouterr()
     assert "Traceback" not in err
