@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
+import threading
 from typing import Any
 
 import gevent
@@ -233,10 +235,37 @@ class Listener:
         return sock
 
     def serve_forever(self) -> None:
-        """``start()`` if needed, then block until the listener is stopped."""
+        """``start()`` if needed, then block until the listener is stopped.
+
+        Ctrl-C (SIGINT) stops the listener gracefully and raises
+        ``KeyboardInterrupt`` here, in the caller, instead of letting the
+        gevent hub print it: while serving from the main thread with Python's
+        default SIGINT handler, gtcp handles SIGINT through the event loop.
+        """
         if self._server is None:
             self.start()
-        self._stopped.wait()
+        interrupted: list[bool] = []
+        handler = self._catch_sigint(interrupted)
+        try:
+            self._stopped.wait()
+        finally:
+            if handler is not None:
+                handler.cancel()
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        if interrupted:
+            self.graceful_stop()
+            raise KeyboardInterrupt
+
+    def _catch_sigint(self, interrupted: list[bool]) -> Any:
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            return None
+
+        def on_sigint() -> None:
+            interrupted.append(True)
+            self._stopped.set()
+
+        return gevent.signal_handler(signal.SIGINT, on_sigint)
 
     # -- stopping ----------------------------------------------------------------
 

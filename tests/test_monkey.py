@@ -108,3 +108,28 @@ def test_clients_inside_greenlets(serve):
     jobs = [gevent.spawn(talk, n) for n in range(20)]
     gevent.joinall(jobs, raise_error=True, timeout=LONG)
     assert [job.value for job in jobs] == [b"g%d" % n for n in range(20)]
+
+
+def test_serve_forever_ctrl_c_stops_and_raises_keyboard_interrupt_without_hub_output():
+    result = _run("""
+        import os, signal, threading, gevent, gtcp
+
+        class Echo:
+            def on_bytes(self, data): return data
+
+        class Svc:
+            def on_connect(self, caller): return Echo()
+
+        listener = gtcp.Listener(0, local_host="127.0.0.1")
+        listener.attach(Svc())
+        # The signal comes from another OS thread, as a real Ctrl-C would
+        # arrive while the hub waits.
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            listener.serve_forever()
+        except KeyboardInterrupt:
+            print("interrupted", listener.running)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "interrupted False"
+    assert result.stderr == ""
