@@ -49,6 +49,17 @@ def _discard(data: bytes) -> None:
     return None
 
 
+#: A chunk at least this big suggests a peer streaming a large message: more
+#: is probably already in the socket, so the next recv is tried at once. After
+#: a smaller chunk the socket is most likely drained (request/response
+#: traffic), so the loop waits for readiness first and saves a failing recv.
+#: Measured: waiting first after every short read cost 20% of throughput with
+#: 64 KiB messages; trying first after small ones costs an exception per chunk.
+_STREAMING_CHUNK = 8192
+
+#: _handle_result's answer for "close the connection, report nothing".
+_CLOSE = object()
+
 #: Callbacks of a connection whose on_connect returned None: read and drop.
 _DISCARD = Callbacks(_discard, False, None, None)
 
@@ -194,16 +205,15 @@ class Connection:
 
     def _read_loop(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Error | None:
         """Deliver chunks until the connection ends; the error for on_error, if any."""
+        if stream.sslobj is None:
+            return self._plain_loop(stream, caller, callbacks)
         on_bytes = callbacks.on_bytes
         with_caller = callbacks.on_bytes_with_caller
         track = self._idle_timer is not None
         loop = get_hub().loop
-        # Wait before the first read too: a new peer has rarely sent yet, and
-        # a failed recv would leave its exception's frame alive while idle.
-        wait_first = True
         while True:
             try:
-                data = stream.read(None, wait_first)
+                data = stream.read(None)
             except ClosedError:
                 return ReadTimeoutError() if self.idle_expired else None
             except PeerClosedError as exc:
@@ -211,7 +221,52 @@ class Connection:
                 return exc if exc.__cause__ is not None else None
             except TLSError as exc:
                 return exc
-            wait_first = len(data) < READ_SIZE
+            if track:
+                self._last_read = loop.now()
+            try:
+                result = on_bytes(caller, data) if with_caller else on_bytes(data)
+            except Exception:
+                log.exception("on_bytes of connection %s raised; closing it", caller.id)
+                return None
+            if result is not None:
+                outcome = self._handle_result(stream, caller, result)
+                if outcome is not None:
+                    return None if outcome is _CLOSE else outcome  # type: ignore[return-value]
+
+    def _plain_loop(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Error | None:
+        """The hot path, plain TCP: the generic loop with the stream's steps inlined.
+
+        After a small chunk the socket is most likely drained, so the loop
+        waits for readiness *first* instead of making a recv that fails (an
+        exception per chunk); after a big one it reads again at once (see
+        ``_STREAMING_CHUNK``). It also waits before the first read: a new peer
+        has rarely sent yet. A reply that fits the socket buffer is sent
+        with one ``send``; anything else goes through ``Stream.write``.
+        """
+        on_bytes = callbacks.on_bytes
+        with_caller = callbacks.on_bytes_with_caller
+        track = self._idle_timer is not None
+        loop = get_hub().loop
+        recv = stream.raw_recv
+        send = stream.raw_send
+        wait = True
+        while True:
+            if wait:
+                try:
+                    stream.wait_readable()
+                except ClosedError:
+                    return ReadTimeoutError() if self.idle_expired else None
+            try:
+                data = recv(READ_SIZE)
+            except BlockingIOError:
+                wait = True
+                continue
+            except OSError as exc:
+                return stream.read_failed(exc)
+            if not data:
+                stream.eof = True
+                return None
+            wait = len(data) < _STREAMING_CHUNK
             if track:
                 self._last_read = loop.now()
             try:
@@ -221,18 +276,30 @@ class Connection:
                 return None
             if result is None:
                 continue
-            if isinstance(result, (bytes, bytearray, memoryview)):
-                failure = self._write_back(stream, result)
-                if failure is not None:
-                    return failure
-            elif isinstance(result, Error):
-                log.error("on_bytes of connection %s returned an error: %s", caller.id, result)
-            else:
-                log.error(
-                    "on_bytes of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
-                    caller.id, type(result).__name__,
-                )
-                return None
+            if type(result) is bytes and stream.writable_now():
+                try:
+                    sent = send(result)
+                except OSError:
+                    sent = 0  # Stream.write below retries and reports it properly
+                if sent == len(result):
+                    continue
+                result = memoryview(result)[sent:]
+            outcome = self._handle_result(stream, caller, result)
+            if outcome is not None:
+                return None if outcome is _CLOSE else outcome  # type: ignore[return-value]
+
+    def _handle_result(self, stream: Stream, caller: Caller, result: object) -> object:
+        """Act on what on_bytes returned: None to go on, an Error to report, or _CLOSE."""
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            return self._write_back(stream, result)
+        if isinstance(result, Error):
+            log.error("on_bytes of connection %s returned an error: %s", caller.id, result)
+            return None
+        log.error(
+            "on_bytes of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
+            caller.id, type(result).__name__,
+        )
+        return _CLOSE
 
     @staticmethod
     def _write_back(stream: Stream, result: Any) -> Error | None:

@@ -43,6 +43,7 @@ from typing import Any
 import gevent
 from gevent import Timeout, get_hub, getcurrent
 from gevent.lock import Semaphore
+from greenlet import greenlet
 
 from ._errors import (
     ClosedError,
@@ -69,6 +70,11 @@ LINGER_SECONDS = 2.0
 CLOSE_NOTIFY_SECONDS = 1.0
 
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError)
+
+#: ``greenlet.switch`` itself: switching to the hub this way skips gevent's
+#: ``Hub.switch`` wrapper, whose only job (refusing a switch *from* the hub)
+#: cannot apply to a connection's greenlet.
+_switch = greenlet.switch
 _TLS_EOF = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 
 
@@ -213,6 +219,48 @@ class Stream:
                 self.eof = True
                 raise PeerClosedError()
 
+    def wait_readable(self) -> None:
+        """Wait, without a deadline, until the socket is readable (plain TCP).
+
+        ``ClosedError`` if the stream is closed (or interrupted) meanwhile.
+        """
+        watcher = self._rwatch
+        watcher.start(getcurrent().switch)
+        try:
+            _switch(self._hub)
+        except _Interrupted:
+            raise ClosedError() from None
+        except OSError as exc:
+            raise ClosedError() from exc
+        finally:
+            watcher.stop()
+        if self.closed:
+            raise ClosedError()
+
+    def read_failed(self, exc: OSError) -> PeerClosedError | None:
+        """The error for a plain recv that failed: None if we closed it."""
+        if self.closed:
+            return None
+        self.eof = True
+        error = PeerClosedError(_reason(exc))
+        error.__cause__ = exc
+        return error
+
+    @property
+    def raw_recv(self) -> Callable[[int], bytes]:
+        """The raw non-blocking ``recv`` (plain TCP fast path)."""
+        return self._raw.recv  # type: ignore[no-any-return]
+
+    @property
+    def raw_send(self) -> Callable[[Any], int]:
+        """The raw non-blocking ``send`` (plain TCP fast path)."""
+        return self._raw.send  # type: ignore[no-any-return]
+
+    def writable_now(self) -> bool:
+        """True if a write may go straight to ``send``: open, nobody mid-write."""
+        wlock = self._wlock
+        return not self.closed and (wlock is None or not wlock.locked())
+
     # -- writing ---------------------------------------------------------
 
     def write(self, data: Any) -> None:
@@ -249,8 +297,7 @@ class Stream:
 
     def _write_slow(self, data: Any) -> None:
         view = memoryview(data).cast("B")
-        deadline = self.write_timeout
-        timer = Timeout.start_new(deadline) if deadline else None
+        timer = None  # armed at the first wait only
         try:
             while view:
                 if self.closed:
@@ -264,12 +311,15 @@ class Stream:
                     want = 1
                 except OSError as exc:
                     raise self._write_failed(exc) from exc
+                if not want:
+                    view = view[sent:]
+                    continue
+                if timer is None and self.write_timeout:
+                    timer = Timeout.start_new(self.write_timeout)
                 if want == 2:
                     self._wait(self._wwatch, None, WriteTimeoutError)
-                elif want == 1:
-                    self._wait_other(1, None, WriteTimeoutError)
                 else:
-                    view = view[sent:]
+                    self._wait_other(1, None, WriteTimeoutError)
         except Timeout as exc:
             if exc is not timer:
                 raise
@@ -301,7 +351,7 @@ class Stream:
         try:
             watcher.start(getcurrent().switch)
             try:
-                self._hub.switch()
+                _switch(self._hub)
             finally:
                 watcher.stop()
         except Timeout as exc:
