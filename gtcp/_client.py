@@ -10,7 +10,7 @@ from gevent import Timeout
 from gevent.lock import Semaphore
 
 from ._errors import ConfigError, ConnectError, PeerClosedError
-from ._io import Stream, handshake, seconds
+from ._io import STREAMING_CHUNK, Stream, handshake, seconds
 
 if TYPE_CHECKING:
     from ._tls import TLSInfo
@@ -71,6 +71,7 @@ class Client:
         self.remote_port = remote_port
         self._read_lock = Semaphore(1)
         self._peer_error: PeerClosedError | None = None
+        self._wait_first = True  # see STREAMING_CHUNK
         self._secure_socket: Any = None  # set once a TLS session is worth saving
         gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
         if secure is not None:
@@ -116,10 +117,11 @@ class Client:
             raise PeerClosedError(str(self._peer_error)) from self._peer_error.__cause__
         with self._read_lock:
             try:
-                data = self._stream.read(self._timeout)
+                data = self._stream.read(self._timeout, self._wait_first)
             except PeerClosedError as exc:
                 self._peer_error = exc
                 raise
+        self._wait_first = len(data) < STREAMING_CHUNK
         if self._secure_socket is not None:
             self._remember_session()
         return data

@@ -37,7 +37,7 @@ from ._errors import (
     WriteError,
     WriteTimeoutError,
 )
-from ._io import LINGER_SECONDS, READ_SIZE, Stream, handshake
+from ._io import LINGER_SECONDS, READ_SIZE, STREAMING_CHUNK, Stream, handshake
 from ._service import Callbacks, resolve
 
 __all__ = ["Connection", "ServeConfig"]
@@ -48,14 +48,6 @@ log = logging.getLogger("gtcp")
 def _discard(data: bytes) -> None:
     return None
 
-
-#: A chunk at least this big suggests a peer streaming a large message: more
-#: is probably already in the socket, so the next recv is tried at once. After
-#: a smaller chunk the socket is most likely drained (request/response
-#: traffic), so the loop waits for readiness first and saves a failing recv.
-#: Measured: waiting first after every short read cost 20% of throughput with
-#: 64 KiB messages; trying first after small ones costs an exception per chunk.
-_STREAMING_CHUNK = 8192
 
 #: _handle_result's answer for "close the connection, report nothing".
 _CLOSE = object()
@@ -211,9 +203,10 @@ class Connection:
         with_caller = callbacks.on_bytes_with_caller
         track = self._idle_timer is not None
         loop = get_hub().loop
+        wait_first = True
         while True:
             try:
-                data = stream.read(None)
+                data = stream.read(None, wait_first)
             except ClosedError:
                 return ReadTimeoutError() if self.idle_expired else None
             except PeerClosedError as exc:
@@ -221,6 +214,7 @@ class Connection:
                 return exc if exc.__cause__ is not None else None
             except TLSError as exc:
                 return exc
+            wait_first = len(data) < STREAMING_CHUNK
             if track:
                 self._last_read = loop.now()
             try:
@@ -239,7 +233,7 @@ class Connection:
         After a small chunk the socket is most likely drained, so the loop
         waits for readiness *first* instead of making a recv that fails (an
         exception per chunk); after a big one it reads again at once (see
-        ``_STREAMING_CHUNK``). It also waits before the first read: a new peer
+        ``STREAMING_CHUNK``). It also waits before the first read: a new peer
         has rarely sent yet. A reply that fits the socket buffer is sent
         with one ``send``; anything else goes through ``Stream.write``.
         """
@@ -266,7 +260,7 @@ class Connection:
             if not data:
                 stream.eof = True
                 return None
-            wait = len(data) < _STREAMING_CHUNK
+            wait = len(data) < STREAMING_CHUNK
             if track:
                 self._last_read = loop.now()
             try:

@@ -55,11 +55,19 @@ from ._errors import (
     WriteTimeoutError,
 )
 
-__all__ = ["LINGER_SECONDS", "READ_SIZE", "Stream", "handshake", "seconds"]
+__all__ = ["LINGER_SECONDS", "READ_SIZE", "STREAMING_CHUNK", "Stream", "handshake", "seconds"]
 
 
 #: Largest chunk one read returns (API.md: "up to 64 KiB").
 READ_SIZE = 65536
+
+#: A chunk at least this big suggests a peer streaming a large message: more
+#: is probably already in the socket, so the next recv is tried at once. After
+#: a smaller chunk the socket is most likely drained (request/response
+#: traffic), so the loop waits for readiness first and saves a failing recv.
+#: Measured: waiting first after every short read cost 20% of throughput with
+#: 64 KiB messages; trying first after small ones costs an exception per chunk.
+STREAMING_CHUNK = 8192
 
 #: How long a closed connection keeps reading (and discarding) what the peer
 #: still sends, so that the close is not turned into a reset. Apache's
@@ -186,7 +194,8 @@ class Stream:
         """
         if self.closed:
             raise ClosedError()
-        if wait_first and self._sslobj is None:
+        if wait_first and (self._sslobj is None or not self._sslobj.pending()):
+            # Nothing buffered inside OpenSSL either: the socket decides.
             self._wait(self._rwatch, timeout, ReadTimeoutError)
         recv = self._recv
         while True:
