@@ -8,7 +8,6 @@ import socket
 import gevent
 import pytest
 from conftest import LONG, SHORT
-from gevent.event import Event
 from helpers import EchoService, read_exactly
 
 import gtcp
@@ -207,25 +206,22 @@ def test_Client_write_timeout_against_server_that_never_reads():
         server.close()
 
 
-def test_Client_write_after_peer_reset_raises_write_error(serve):
-    killed = Event()
+def test_Client_write_after_peer_reset_raises_write_error():
+    import struct
 
-    class Kill(gtcp.Service):
-        def on_connect(self, caller):
-            import struct
-
-            sock = caller._stream.gsock
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
-            killed.set()
-            return None
-
-    listener = serve(Kill())
-    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
-    assert killed.wait(LONG)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = gtcp.Client("127.0.0.1", server.getsockname()[1], timeout=LONG)
+    conn, _ = server.accept()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # SO_LINGER 0: a reset, not a FIN
+    server.close()
     with pytest.raises(gtcp.PeerClosedError) as info:
         client.read_bytes()
     assert str(info.value) == "Connection reset by peer"
+    with pytest.raises(gtcp.PeerClosedError):  # sticky, same message
+        client.read_bytes()
     with pytest.raises((gtcp.WriteError, gtcp.ClosedError)) as winfo:
         for _ in range(10):
             client.write_bytes(b"x" * 65536)
@@ -249,3 +245,27 @@ def test_Client_tls_is_none_on_plain_tcp(serve):
     with gtcp.Client("127.0.0.1", listener.port) as client:
         assert client.tls is None
         assert "gtcp.Client" in repr(client)
+
+
+def test_Client_every_read_gets_its_own_deadline_after_a_timeout(serve):
+    class Delayed(gtcp.ConnectionService):
+        def on_bytes(self, caller, data):
+            def later():
+                gevent.sleep(0.3)
+                caller.write_bytes(data)
+
+            gevent.spawn(later)
+
+    class Svc(gtcp.Service):
+        def on_connect(self, caller):
+            return Delayed()
+
+    listener = serve(Svc())
+    with gtcp.Client("127.0.0.1", listener.port, timeout=1.0) as client:
+        client.write_bytes(b"a")
+        assert client.read_bytes() == b"a"  # 0.3 s: within its 1 s deadline
+        for _ in range(3):  # timeouts do not shorten later deadlines
+            with pytest.raises(gtcp.ReadTimeoutError):
+                client.read_bytes()
+            client.write_bytes(b"b")
+            assert client.read_bytes() == b"b"
