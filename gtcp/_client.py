@@ -72,7 +72,8 @@ class Client:
         self._read_lock = Semaphore(1)
         self._peer_error: PeerClosedError | None = None
         self._wait_first = True  # see STREAMING_CHUNK
-        self._secure_socket: Any = None  # set once a TLS session is worth saving
+        self._secure_socket: Any = None  # set while a TLS 1.3 session waits to be saved
+        self._context: Any = None
         gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
         if secure is not None:
             gsock = self._secure(gsock, secure, context)
@@ -82,15 +83,16 @@ class Client:
         from ._tls import SESSIONS, handshake_timeout
 
         host = secure.server_name or self.remote_host
-        session = SESSIONS.get(secure, self.remote_host, self.remote_port)
+        session = SESSIONS.get(secure, self.remote_host, self.remote_port, context)
         tls = handshake(gsock, context, handshake_timeout(secure), server_side=False,
                         server_hostname=host, session=session)
+        self._context = context
         if tls.version() == "TLSv1.3" and not tls.session_reused:
             # The ticket comes after the handshake: save the session after
             # the first read (or at close), once.
             self._secure_socket = secure
         elif not tls.session_reused:
-            SESSIONS.put(secure, self.remote_host, self.remote_port, tls.session)
+            SESSIONS.put(secure, self.remote_host, self.remote_port, tls.session, context)
         return tls
 
     # -- I/O ---------------------------------------------------------------------
@@ -113,9 +115,9 @@ class Client:
         connection: this read and every later one. ``ClosedError`` after
         ``close()``.
         """
-        if self._peer_error is not None and not self._stream.closed:
-            raise PeerClosedError(str(self._peer_error)) from self._peer_error.__cause__
         with self._read_lock:
+            if self._peer_error is not None and not self._stream.closed:
+                raise PeerClosedError(str(self._peer_error)) from self._peer_error.__cause__
             try:
                 data = self._stream.read(self._timeout, self._wait_first)
             except PeerClosedError as exc:
@@ -134,7 +136,7 @@ class Client:
         if secure is not None and session is not None and session.has_ticket:
             from ._tls import SESSIONS
 
-            SESSIONS.put(secure, self.remote_host, self.remote_port, session)
+            SESSIONS.put(secure, self.remote_host, self.remote_port, session, self._context)
             self._secure_socket = None
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from gevent import get_hub, getcurrent
+from gevent import Timeout, get_hub, getcurrent
 from gevent.event import Event
 
 from ._caller import Caller
@@ -49,6 +49,12 @@ def _discard(data: bytes) -> None:
     return None
 
 
+#: What a callback may raise that is a bug in the handler, not control flow
+#: for gtcp: any Exception, and a gevent.Timeout the handler started and did
+#: not catch (nobody above the connection's greenlet could). GreenletExit,
+#: KeyboardInterrupt and SystemExit end the greenlet as they should.
+_HANDLER_FAILURES = (Exception, Timeout)
+
 #: _handle_result's answer for "close the connection, report nothing".
 _CLOSE = object()
 
@@ -73,7 +79,7 @@ class Connection:
     """One accepted connection; :meth:`run` is the StreamServer handler body."""
 
     __slots__ = (
-        "_address", "_idle_timer", "_last_read", "aborted", "cfg", "greenlet", "gsock",
+        "_address", "_handshaking", "_idle_timer", "_last_read", "aborted", "cfg", "greenlet", "gsock",
         "idle_expired", "stream",
     )
 
@@ -86,6 +92,7 @@ class Connection:
         self.idle_expired = False
         self._idle_timer: Any = None
         self._last_read = 0.0
+        self._handshaking: Any = None  # the TLS socket while its handshake runs
         #: The greenlet serving this connection (joined by the stops).
         self.greenlet: Any = None
 
@@ -102,12 +109,16 @@ class Connection:
         self.aborted = True
         if self.stream is not None:
             self.stream.close()
-        else:
-            # Still in the handshake: closing the socket ends it.
-            try:
-                self.gsock.close()
-            except OSError:
-                pass
+            self.stream.interrupt()  # also ends a linger already under way
+            return
+        # Still before or in the handshake: shutting the socket down ends it
+        # (the TLS socket owns the descriptor once wrap_socket ran). Not
+        # close(): a watcher started on a closed descriptor aborts libev.
+        target = self._handshaking if self._handshaking is not None else self.gsock
+        try:
+            target._sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
 
     # -- the connection's life ---------------------------------------------
 
@@ -141,27 +152,38 @@ class Connection:
         cfg = self.cfg
         if cfg.ssl_context is not None:
             try:
-                gsock = handshake(gsock, cfg.ssl_context, cfg.handshake_timeout, server_side=True)
+                gsock = handshake(gsock, cfg.ssl_context, cfg.handshake_timeout, server_side=True,
+                                  on_wrapped=self._set_handshaking)
             except TLSError as exc:
                 if not self.aborted:
                     log.warning("TLS handshake with %s failed: %s", self.peer, exc)
                 return
+            finally:
+                self._handshaking = None
         stream = self.stream = Stream(gsock, cfg.write_timeout)
         if self.aborted:
             return
-        caller = Caller(stream, gsock.getpeername(), gsock.getsockname())
+        try:
+            local = gsock.getsockname()
+        except OSError as exc:  # reset before this greenlet ran: a normal event
+            log.debug("connection from %s ended before it was served: %s", self.peer, exc)
+            return
+        caller = Caller(stream, self._address, local)
         callbacks = self._connect(caller)
         if callbacks is None:
             stream.finish(None if self.aborted else LINGER_SECONDS)
             return
         self._serve(stream, caller, callbacks)
 
+    def _set_handshaking(self, tls: Any) -> None:
+        self._handshaking = tls
+
     def _connect(self, caller: Caller) -> Callbacks | None:
         """Run on_connect; the callbacks to serve with, or None to close."""
         service = self.cfg.service
         try:
             result = service.on_connect(caller)
-        except Exception:
+        except _HANDLER_FAILURES:
             log.exception("on_connect of %s raised; closing connection %s", type(service).__name__, caller.id)
             return None
         if result is None:
@@ -179,20 +201,22 @@ class Connection:
     def _serve(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> None:
         if self.cfg.idle_timeout is not None:
             self._start_idle_timer(self.cfg.idle_timeout)
+        error: Error | None = None
         try:
             error = self._read_loop(stream, caller, callbacks)
         finally:
+            # Also when the greenlet is killed: on_close runs exactly once.
             stream.close()
-        if error is not None and callbacks.on_error is not None:
-            self._call("on_error", callbacks.on_error, caller, error)
-        if callbacks.on_close is not None:
-            self._call("on_close", callbacks.on_close, caller)
+            if error is not None and callbacks.on_error is not None:
+                self._call("on_error", callbacks.on_error, caller, error)
+            if callbacks.on_close is not None:
+                self._call("on_close", callbacks.on_close, caller)
         stream.finish(None if self.aborted else LINGER_SECONDS)
 
     def _call(self, name: str, method: Any, caller: Caller, *args: Any) -> None:
         try:
             method(*args)
-        except Exception:
+        except _HANDLER_FAILURES:
             log.exception("%s of connection %s raised", name, caller.id)
 
     def _read_loop(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Error | None:
@@ -208,6 +232,8 @@ class Connection:
             try:
                 data = stream.read(None, wait_first)
             except ClosedError:
+                if self._idle_false_alarm(stream):
+                    continue
                 return ReadTimeoutError() if self.idle_expired else None
             except PeerClosedError as exc:
                 # EOF (no cause) is the natural end; a reset is reported.
@@ -219,7 +245,7 @@ class Connection:
                 self._last_read = loop.now()
             try:
                 result = on_bytes(caller, data) if with_caller else on_bytes(data)
-            except Exception:
+            except _HANDLER_FAILURES:
                 log.exception("on_bytes of connection %s raised; closing it", caller.id)
                 return None
             if result is not None:
@@ -249,6 +275,8 @@ class Connection:
                 try:
                     stream.wait_readable()
                 except ClosedError:
+                    if self._idle_false_alarm(stream):
+                        continue
                     return ReadTimeoutError() if self.idle_expired else None
             try:
                 data = recv(READ_SIZE)
@@ -265,7 +293,7 @@ class Connection:
                 self._last_read = loop.now()
             try:
                 result = on_bytes(caller, data) if with_caller else on_bytes(data)
-            except Exception:
+            except _HANDLER_FAILURES:
                 log.exception("on_bytes of connection %s raised; closing it", caller.id)
                 return None
             if result is None:
@@ -289,11 +317,15 @@ class Connection:
         if isinstance(result, Error):
             log.error("on_bytes of connection %s returned an error: %s", caller.id, result)
             return None
-        log.error(
-            "on_bytes of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
-            caller.id, type(result).__name__,
-        )
-        return _CLOSE
+        try:
+            view = memoryview(result)  # type: ignore[arg-type]
+        except TypeError:
+            log.error(
+                "on_bytes of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
+                caller.id, type(result).__name__,
+            )
+            return _CLOSE
+        return self._write_back(stream, view)
 
     @staticmethod
     def _write_back(stream: Stream, result: Any) -> Error | None:
@@ -317,6 +349,22 @@ class Connection:
             self._idle_timer.close()
         timer = self._idle_timer = loop.timer(after)
         timer.start(self._on_idle_timer)
+
+    def _idle_false_alarm(self, stream: Stream) -> bool:
+        """True if an idle interrupt arrived after bytes did: re-arm, go on.
+
+        The timer's wake-up is delivered on the next loop pass; if a chunk was
+        read in between, the connection was not idle after all.
+        """
+        idle = self.cfg.idle_timeout
+        if not self.idle_expired or stream.closed or idle is None:
+            return False
+        remaining = self._last_read + idle - get_hub().loop.now()
+        if remaining <= 0:
+            return False
+        self.idle_expired = False
+        self._start_idle_timer(remaining)
+        return True
 
     def _on_idle_timer(self) -> None:
         """Runs in the hub: expire the connection, or re-arm for the rest."""

@@ -114,6 +114,21 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _hub_keeps_running() -> bool:
+    """True where a background greenlet will get to run after we return.
+
+    That is the main thread, or any "thread" of a process whose threading
+    module gevent patched (its threads are greenlets of the main hub).
+    """
+    import threading
+
+    import gevent.monkey
+
+    if gevent.monkey.is_module_patched("threading"):
+        return True
+    return threading.current_thread() is threading.main_thread()
+
+
 def _as_bytes_view(data: object) -> memoryview:
     """A flat byte view of any bytes-like object, or a clear TypeError."""
     try:
@@ -147,6 +162,8 @@ class Stream:
     __slots__ = (
         "_gsock",
         "_hub",
+        "_notify_pending",
+        "_others",
         "_raw",
         "_recv",
         "_rtimer",
@@ -177,6 +194,8 @@ class Stream:
             self._recv = raw.recv
             self._send = raw.send
         self._wlock: Semaphore | None = None  # made at the first contention
+        self._others: list[Any] | None = None  # TLS waits on private watchers
+        self._notify_pending = False  # a close_notify that did not fit yet
         self._rtimer: Timeout | None = None  # deadlines, made at the first wait
         self._wtimer: Timeout | None = None
         #: True once close() ran: every later operation raises ClosedError.
@@ -356,11 +375,17 @@ class Stream:
                 else:
                     self._wait_other(1)
         except Timeout as exc:
+            self.close()
             if exc is not timer:
                 raise
             self._wtimer = None  # a fired Timeout cannot be reused
-            self.close()
             raise WriteTimeoutError() from None
+        except BaseException:
+            # Interrupted mid-write (a caller's own Timeout, a kill): part of
+            # the data may be out, and with TLS OpenSSL still holds the rest
+            # of this record, so the stream can carry no further write.
+            self.close()
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
@@ -382,9 +407,10 @@ class Stream:
         ``hub.cancel_wait`` still works: it throws into ``callback.__self__``.
         Deadlines are the caller's (a started ``gevent.Timeout``).
         """
-        if self._raw.fileno() < 0:
-            # The descriptor was closed under us: starting the watcher would
-            # make libev abort the process (EBADF in epoll_ctl).
+        if self.closed or self._raw.fileno() < 0:
+            # Closed before we got here (nobody was waiting to be woken), or
+            # the descriptor was closed under us: starting the watcher would
+            # then make libev abort the process (EBADF in epoll_ctl).
             raise ClosedError()
         watcher.start(getcurrent().switch)
         try:
@@ -406,9 +432,14 @@ class Stream:
         waits on the stream's shared watcher for the other direction.
         """
         watcher = self._hub.loop.io(self._raw.fileno(), events)
+        others = self._others
+        if others is None:
+            others = self._others = []
+        others.append(watcher)  # so that close() wakes this wait too
         try:
             self._wait(watcher)
         finally:
+            others.remove(watcher)
             watcher.close()
 
     # -- closing ---------------------------------------------------------
@@ -418,19 +449,21 @@ class Stream:
 
         Sends close_notify (TLS, one attempt), shuts the write side and wakes
         every greenlet waiting on this stream with ``ClosedError``. The
-        descriptor stays open until :meth:`finish`.
+        descriptor stays open until :meth:`finish`. If the close_notify does
+        not fit the socket buffer, it is flushed by :meth:`finish` (bounded
+        by ``CLOSE_NOTIFY_SECONDS``) before the write side is shut.
         """
         if self.closed:
             return
         self.closed = True
-        if self._sslobj is not None:
-            self._send_close_notify()
-        try:
-            self._raw.shutdown(_stdsocket.SHUT_WR)
-        except OSError:
-            pass
+        if self._sslobj is not None and not self._send_close_notify():
+            self._notify_pending = True
+        else:
+            self._shutdown_write()
         self.interrupt(self._wwatch)
         self.interrupt()
+        for watcher in self._others or ():
+            self.interrupt(watcher)
 
     def interrupt(self, watcher: Any = None) -> None:
         """Wake the greenlet waiting to read (or on *watcher*) with ``ClosedError``.
@@ -442,26 +475,56 @@ class Stream:
         if watcher.callback is not None:
             self._hub.cancel_wait(watcher, _Interrupted())
 
-    def _send_close_notify(self) -> None:
+    def _shutdown_write(self) -> None:
+        try:
+            self._raw.shutdown(_stdsocket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _send_close_notify(self) -> bool:
+        """One ``SSL_shutdown``: False if the close_notify is still unsent."""
         sslobj: Any = self._sslobj
         try:
             sslobj.shutdown()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            # The first SSL_shutdown() queued our close_notify; OpenSSL now
-            # wants the peer's, which we do not wait for.
+        except ssl.SSLWantReadError:
+            # Our close_notify is out; OpenSSL now wants the peer's, which
+            # we do not wait for (a peer that never answers would hang us).
             pass
+        except ssl.SSLWantWriteError:
+            return False
         except (ssl.SSLError, OSError, ValueError):
             pass
+        return True
+
+    def _flush_close_notify(self, bound: float) -> None:
+        watcher = self._hub.loop.io(self._raw.fileno(), 2)
+        timer = Timeout.start_new(bound, _Lingered)
+        try:
+            while not self._send_close_notify():
+                self._hub.wait(watcher)
+        except (OSError, _Interrupted, _Lingered):
+            pass
+        finally:
+            timer.cancel()
+            watcher.close()
 
     def finish(self, linger: float | None = LINGER_SECONDS) -> None:
-        """Discard what the peer still sends (up to *linger* s), then close.
+        """Flush close_notify, discard what the peer still sends, then close.
 
-        Call after :meth:`close`, from the greenlet that owns the stream;
-        ``linger=None`` (or 0) closes at once (an immediate stop).
+        Call after :meth:`close`, from the greenlet that owns the stream.
+        With *linger* seconds (default ``LINGER_SECONDS``) what the peer
+        still sends is read and dropped until its EOF, so the close does not
+        turn into a reset; ``linger=None`` (or 0) closes at once (an
+        immediate stop).
         """
         self.close()
-        if linger and not self.eof:
-            self._drain(linger)
+        if self._raw.fileno() >= 0:
+            if self._notify_pending and linger:
+                self._flush_close_notify(min(CLOSE_NOTIFY_SECONDS, linger))
+            self._notify_pending = False
+            self._shutdown_write()
+            if linger and not self.eof:
+                self._drain(linger)
         try:
             self._gsock.close()
         except OSError:
@@ -490,7 +553,12 @@ class Stream:
             watcher.close()
 
     def finish_in_background(self) -> None:
-        """Close now if the peer already hung up, else linger in a greenlet."""
+        """Close now if the peer already hung up, else linger in a greenlet.
+
+        In an OS thread of an unpatched process the thread's hub may never
+        run again once ``close()`` returns, so there the stream closes at once
+        after a non-blocking drain instead of lingering.
+        """
         self.close()
         raw = self._raw
         try:
@@ -498,8 +566,9 @@ class Stream:
                 pass
             self.eof = True
         except BlockingIOError:
-            gevent.spawn(self.finish)
-            return
+            if _hub_keeps_running():
+                gevent.spawn(self.finish)
+                return
         except OSError:
             pass
         self.finish(None)
@@ -535,6 +604,7 @@ def handshake(
     server_side: bool,
     server_hostname: str | None = None,
     session: Any = None,
+    on_wrapped: Callable[[Any], None] | None = None,
 ) -> Any:
     """Wrap *gsock* in TLS and finish the handshake within *timeout* seconds.
 
@@ -553,6 +623,8 @@ def handshake(
         )
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise TLSError(_reason(exc)) from exc
+    if on_wrapped is not None:
+        on_wrapped(tls)  # lets a stop end the handshake (Connection.abort)
     timer = Timeout.start_new(timeout, _HandshakeTimeout) if timeout else None
     try:
         tls.do_handshake()
@@ -568,6 +640,9 @@ def handshake(
     except (ssl.SSLError, OSError) as exc:
         tls.close()
         raise TLSError(_reason(exc)) from exc
+    except BaseException:  # a caller's own Timeout, a kill: no socket left behind
+        tls.close()
+        raise
     finally:
         if timer is not None:
             timer.cancel()

@@ -53,9 +53,14 @@ _ONE_CONNECTION = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errn
 class _Server(StreamServer):
     """StreamServer whose accept errors go to the gtcp logger, never the hub."""
 
-    min_delay = 0.05
-    max_delay = 1.0
+    #: Back-off after an accept error: doubles from MIN to MAX while the
+    #: errors last. gevent's own ``delay`` is reset by ``_do_read`` whenever
+    #: ``do_read`` returns, so gtcp keeps its own.
+    MIN_BACKOFF = 0.05
+    MAX_BACKOFF = 1.0
     _burst = False
+    _backoff = MIN_BACKOFF
+    _backoff_timer: Any = None
 
     def do_read(self) -> Any:
         try:
@@ -71,6 +76,7 @@ class _Server(StreamServer):
             return None
         if result is not None and self._burst:
             self._burst = False
+            self._backoff = self.MIN_BACKOFF
             log.warning("Listener on port %s accepts again", self.server_port)
         return result
 
@@ -82,13 +88,22 @@ class _Server(StreamServer):
         server._spawn(server._handle, *args)
 
     def _back_off(self) -> None:
-        # The same back-off BaseServer._do_read applies, minus its traceback.
+        # BaseServer._do_read's back-off, minus its traceback on the hub.
         self.stop_accepting()
         server: Any = self
-        timer: Any = self.loop.timer(server.delay)
+        if self._backoff_timer is not None:
+            self._backoff_timer.close()
+        timer: Any = self.loop.timer(self._backoff)
         timer.start(server._start_accepting_if_started)
-        server._timer = timer
-        server.delay = min(self.max_delay, server.delay * 2)
+        self._backoff_timer = timer
+        self._backoff = min(self.MAX_BACKOFF, self._backoff * 2)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (and the back-off timer)."""
+        if self._backoff_timer is not None:
+            self._backoff_timer.close()
+            self._backoff_timer = None
+        super().close()
 
 
 class Listener:
@@ -133,6 +148,8 @@ class Listener:
         self._service: Any = None
         self._server: _Server | None = None
         self._serving: ServeConfig | None = None
+        #: This run and earlier runs that may still have connections open.
+        self._runs: list[ServeConfig] = []
         self._port = local_port
         self._started_once = False
         self._stopped = Event()
@@ -198,6 +215,8 @@ class Listener:
         self._port = sock.getsockname()[1]
         self._server = server
         self._serving = serving
+        self._runs = [run for run in self._runs if run.connections]
+        self._runs.append(serving)
         self._started_once = True
         self._stopped.clear()
 
@@ -274,31 +293,31 @@ class Listener:
 
         With ``timeout=None`` return at once and let connections run to their
         natural end (Ballerina). With a timeout, wait up to that many seconds
-        for them to end, then close those left (each gets ``on_close``).
+        for them to end, then close those left (each gets ``on_close``),
+        including connections left running by an earlier graceful stop.
         Raises ``gtcp.Error("Unable to initialize the tcp listener.")`` if the
         listener was never started.
         """
         if not self._started_once:
             raise Error("Unable to initialize the tcp listener.")
         wait = seconds(timeout, "timeout")
-        serving = self._serving
         self._close_server()
-        if serving is None or timeout is None:
+        if timeout is None:
             return
         if wait is not None:
-            serving.idle_event.wait(wait)
-        self._abort_all(serving)
+            gevent.wait([serving.idle_event for serving in self._runs], timeout=wait)
+        self._abort_all()
 
     def immediate_stop(self) -> None:
         """Stop accepting and close every open connection now.
 
         Each connection gets its ``on_close()``; this waits (up to
-        ``STOP_JOIN_SECONDS``) until they ran. Does nothing if not running.
+        ``STOP_JOIN_SECONDS``) until they ran. Connections left running by
+        an earlier ``graceful_stop()`` are closed too. Does nothing if the
+        listener is not running and has no connections.
         """
-        serving = self._serving
         self._close_server()
-        if serving is not None:
-            self._abort_all(serving)
+        self._abort_all()
 
     def _close_server(self) -> None:
         server = self._server
@@ -308,14 +327,14 @@ class Listener:
             server.close()
         self._stopped.set()
 
-    @staticmethod
-    def _abort_all(serving: ServeConfig) -> None:
+    def _abort_all(self) -> None:
         current = gevent.getcurrent()
-        connections = list(serving.connections)
+        connections = [conn for serving in self._runs for conn in serving.connections]
         for conn in connections:
             conn.abort()
         others = [c.greenlet for c in connections if c.greenlet not in (None, current)]
         gevent.joinall(others, timeout=STOP_JOIN_SECONDS)
+        self._runs = [serving for serving in self._runs if serving.connections]
 
     def __enter__(self) -> Listener:
         self.start()

@@ -671,28 +671,46 @@ class SessionCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: collections.OrderedDict[
-            tuple[ClientSecureSocket, str, int], tuple[ssl.SSLSession, float]
+            tuple[ClientSecureSocket, str, int], tuple[ssl.SSLSession, float, ssl.SSLContext | None]
         ] = collections.OrderedDict()
 
     @staticmethod
     def _lifetime(cfg: ClientSecureSocket) -> float:
         return DEFAULT_SESSION_TIMEOUT if cfg.session_timeout is None else cfg.session_timeout
 
-    def get(self, cfg: ClientSecureSocket, host: str, port: int) -> ssl.SSLSession | None:
-        """The session to offer to ``host:port``, or None (none, or expired)."""
+    def get(
+        self, cfg: ClientSecureSocket, host: str, port: int, context: ssl.SSLContext | None = None
+    ) -> ssl.SSLSession | None:
+        """The session to offer to ``host:port``, or None (none, or expired).
+
+        With *context*, a session made by another context is dropped, not
+        offered: OpenSSL can only resume a session with the context that made
+        it (``client_context`` evicts contexts from its bounded cache).
+        """
         key = (cfg, host, port)
         with self._lock:
             entry = self._sessions.get(key)
             if entry is None:
                 return None
-            session, expires = entry
-            if self._clock() >= expires:
+            session, expires, made_by = entry
+            stale = context is not None and made_by is not None and made_by is not context
+            if stale or self._clock() >= expires:
                 del self._sessions[key]
                 return None
             return session
 
-    def put(self, cfg: ClientSecureSocket, host: str, port: int, session: ssl.SSLSession | None) -> None:
-        """Remember ``session`` for ``host:port`` (None, or a disabled timeout, does nothing)."""
+    def put(
+        self,
+        cfg: ClientSecureSocket,
+        host: str,
+        port: int,
+        session: ssl.SSLSession | None,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Remember ``session`` for ``host:port`` (None, or a disabled timeout, does nothing).
+
+        *context* is the context that made it (see :meth:`get`).
+        """
         lifetime = self._lifetime(cfg)
         if session is None or lifetime <= 0:
             return
@@ -700,7 +718,7 @@ class SessionCache:
             lifetime = min(lifetime, float(session.timeout))
         key = (cfg, host, port)
         with self._lock:
-            self._sessions[key] = (session, self._clock() + lifetime)
+            self._sessions[key] = (session, self._clock() + lifetime, context)
             self._sessions.move_to_end(key)
             while len(self._sessions) > self._size:
                 self._sessions.popitem(last=False)
