@@ -109,7 +109,7 @@ class Connection:
         self.aborted = True
         if self.stream is not None:
             self.stream.close()
-            self.stream.interrupt()  # also ends a linger already under way
+            self.stream.wake_all()  # also ends a linger already under way
             return
         # Still before or in the handshake: shutting the socket down ends it
         # (the TLS socket owns the descriptor once wrap_socket ran). Not

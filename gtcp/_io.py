@@ -460,6 +460,10 @@ class Stream:
             self._notify_pending = True
         else:
             self._shutdown_write()
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        """Wake every greenlet waiting on this stream, a lingering close included."""
         self.interrupt(self._wwatch)
         self.interrupt()
         for watcher in self._others or ():
@@ -538,6 +542,10 @@ class Stream:
         if fileno < 0:
             return
         watcher = self._hub.loop.io(fileno, 1)
+        others = self._others
+        if others is None:
+            others = self._others = []
+        others.append(watcher)  # so that wake_all() can cut the linger short
         timer = Timeout.start_new(linger, _Lingered)
         try:
             while True:
@@ -550,6 +558,7 @@ class Stream:
             return
         finally:
             timer.cancel()
+            others.remove(watcher)
             watcher.close()
 
     def finish_in_background(self) -> None:

@@ -269,3 +269,43 @@ def test_Client_every_read_gets_its_own_deadline_after_a_timeout(serve):
                 client.read_bytes()
             client.write_bytes(b"b")
             assert client.read_bytes() == b"b"
+
+
+def test_Client_write_interrupted_by_callers_timeout_closes_client():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = gtcp.Client("127.0.0.1", server.getsockname()[1], write_timeout=LONG)
+    conn, _ = server.accept()  # never reads
+    try:
+        with pytest.raises(gevent.Timeout):  # the caller's own Timeout propagates
+            with gevent.Timeout(SHORT):
+                client.write_bytes(b"w" * (64 * 1024 * 1024))
+        assert client.closed  # part of it went out: the stream cannot go on
+        with pytest.raises(gtcp.ClosedError):
+            client.write_bytes(b"more")
+    finally:
+        client.close()
+        conn.close()
+        server.close()
+
+
+def test_Client_close_in_an_unpatched_thread_releases_the_socket():
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    result = {}
+
+    def work():
+        client = gtcp.Client("127.0.0.1", server.getsockname()[1], timeout=LONG)
+        client.write_bytes(b"x")
+        client.close()  # the thread's hub never runs again after this
+        result["fileno"] = client._stream.gsock.fileno()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(LONG)
+    server.close()
+    assert result == {"fileno": -1}

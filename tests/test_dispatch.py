@@ -413,3 +413,70 @@ def test_dispatch_time_in_callbacks_is_not_idle(serve):
     err = done.get(timeout=LONG)  # then, silent: the idle timeout ends it
     assert isinstance(err, gtcp.ReadTimeoutError)
     client.close()
+
+
+def test_dispatch_caller_close_ends_connection_while_peer_stays_silent(serve):
+    closed = Event()
+
+    class CloseOnFirst:
+        def on_bytes(self, caller, data):
+            caller.close()
+
+        def on_close(self):
+            closed.set()
+
+    listener = serve(_service(lambda caller: CloseOnFirst()))
+    sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
+    sock.sendall(b"x")  # then stays open and silent
+    assert closed.wait(LONG)
+    assert sock.recv(10) == b""  # the server's FIN
+    with gevent.Timeout(1):  # nothing left to wait for
+        listener.immediate_stop()
+    sock.close()
+
+
+def test_dispatch_gevent_timeout_escaping_a_callback_is_logged_and_closes(serve, gtcp_log, capfd):
+    closed = Event()
+
+    class Careless:
+        def on_bytes(self, data):
+            with gevent.Timeout(0.01):  # the handler's own timeout, not caught
+                gevent.sleep(1)
+
+        def on_close(self):
+            closed.set()
+
+    listener = serve(_service(lambda caller: Careless()))
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    client.write_bytes(b"x")
+    with pytest.raises(gtcp.PeerClosedError):
+        client.read_bytes()
+    assert closed.wait(LONG)
+    client.close()
+    assert any("on_bytes" in r.getMessage() and r.exc_info for r in gtcp_log.records)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_dispatch_reset_before_the_greenlet_runs_is_not_an_error(serve, gtcp_log):
+    service = EchoService()
+    listener = serve(service)
+    sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # reset before the listener's greenlet got to run
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        client.write_bytes(b"next")
+        assert client.read_bytes() == b"next"
+    assert not [r for r in gtcp_log.records if r.levelno >= logging.ERROR]
+
+
+def test_dispatch_other_bytes_like_results_are_written(serve):
+    import array
+
+    class Arr:
+        def on_bytes(self, data):
+            return array.array("B", data.upper())
+
+    listener = serve(_service(lambda caller: Arr()))
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        client.write_bytes(b"abc")
+        assert client.read_bytes() == b"ABC"

@@ -343,3 +343,19 @@ def _drain(queue):
     while not queue.empty():
         items.append(queue.get())
     return items
+
+
+def test_Listener_immediate_stop_after_graceful_stop_closes_leftovers(serve):
+    service = EchoService()
+    listener = serve(service)
+    client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    client.write_bytes(b"a")
+    assert client.read_bytes() == b"a"
+    listener.graceful_stop()  # the connection runs on
+    client.write_bytes(b"b")
+    assert client.read_bytes() == b"b"
+    listener.immediate_stop()  # ... until this
+    assert service.services[0].closed.is_set()
+    with pytest.raises(gtcp.PeerClosedError):
+        client.read_bytes()
+    client.close()

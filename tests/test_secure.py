@@ -403,3 +403,28 @@ def test_secure_handshake_failure_logs_one_line_no_traceback(serve, pki, gtcp_lo
     assert all(r.exc_info is None and r.levelno == logging.WARNING for r in lines)
     _, err = capfd.readouterr()
     assert "Traceback" not in err
+
+
+def test_secure_session_from_an_evicted_context_is_not_offered(serve, pki):
+    from gtcp import _tls
+
+    listener = serve(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
+    secure = _client_tls(pki, "TLSv1.2", session_timeout=60)
+    assert _echo_once(listener.port, secure).session_reused is False
+    _tls._client_contexts.clear()  # as if 32 other configurations had pushed it out
+    info = _echo_once(listener.port, secure)  # a new context: must not fail
+    assert info.session_reused is False
+    assert _echo_once(listener.port, secure).session_reused is True
+
+
+def test_secure_immediate_stop_ends_handshakes_in_progress(serve, pki):
+    listener = serve(EchoService(), secure_socket=_listener_tls(pki, handshake_timeout=LONG))
+    stuck = raw_connect(listener.port)  # connects, never sends a ClientHello
+    with gtcp.Client("localhost", listener.port, secure_socket=_client_tls(pki)) as client:
+        client.write_bytes(b"x")  # the listener has accepted both by now
+        client.read_bytes()
+    with gevent.Timeout(2):
+        listener.immediate_stop()
+        stuck.settimeout(LONG)
+        assert stuck.recv(10) == b""
+    stuck.close()
