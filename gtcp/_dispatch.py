@@ -37,7 +37,7 @@ from ._errors import (
     WriteError,
     WriteTimeoutError,
 )
-from ._io import LINGER_SECONDS, READ_SIZE, STREAMING_CHUNK, Stream, handshake
+from ._io import LINGER_SECONDS, READ_SIZE, STREAMING_CHUNK, Interrupted, Stream, handshake, switch_to
 from ._service import Callbacks, resolve
 
 __all__ = ["Connection", "ServeConfig"]
@@ -269,12 +269,24 @@ class Connection:
         loop = get_hub().loop
         recv = stream.raw_recv
         send = stream.raw_send
+        # Stream.wait_readable, inlined: a wait per request is the one Python
+        # detour the hot path cannot avoid, so it is kept to its bones.
+        rwatch = stream.read_watcher
+        fileno = stream.raw_fileno
+        hub = get_hub()
+        me = getcurrent().switch
         wait = True
         while True:
             if wait:
-                try:
-                    stream.wait_readable()
-                except ClosedError:
+                if not (stream.closed or self.idle_expired or fileno() < 0):
+                    rwatch.start(me)
+                    try:
+                        switch_to(hub)
+                    except (Interrupted, OSError):
+                        pass  # a close, a stop or the idle timer: see below
+                    finally:
+                        rwatch.stop()
+                if stream.closed or self.idle_expired or fileno() < 0:
                     if self._idle_false_alarm(stream):
                         continue
                     return ReadTimeoutError() if self.idle_expired else None
@@ -298,7 +310,7 @@ class Connection:
                 return None
             if result is None:
                 continue
-            if type(result) is bytes and stream.writable_now():
+            if type(result) is bytes and not stream.closed and stream.write_unlocked():
                 try:
                     sent = send(result)
                 except OSError:

@@ -55,7 +55,10 @@ from ._errors import (
     WriteTimeoutError,
 )
 
-__all__ = ["LINGER_SECONDS", "READ_SIZE", "STREAMING_CHUNK", "Stream", "handshake", "seconds"]
+__all__ = [
+    "LINGER_SECONDS", "READ_SIZE", "STREAMING_CHUNK", "Interrupted", "Stream", "handshake", "seconds",
+    "switch_to",
+]
 
 
 #: Largest chunk one read returns (API.md: "up to 64 KiB").
@@ -82,7 +85,7 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError)
 #: ``greenlet.switch`` itself: switching to the hub this way skips gevent's
 #: ``Hub.switch`` wrapper, whose only job (refusing a switch *from* the hub)
 #: cannot apply to a connection's greenlet.
-_switch = greenlet.switch
+switch_to = greenlet.switch
 _TLS_EOF = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 
 
@@ -143,7 +146,7 @@ class _Lingered(Exception):
     """Private marker: the lingering close ran out of time."""
 
 
-class _Interrupted(BaseException):
+class Interrupted(BaseException):
     """Thrown into a greenlet waiting on a :class:`Stream` to wake it.
 
     A ``BaseException`` so user code's ``except Exception`` cannot eat it;
@@ -307,10 +310,20 @@ class Stream:
         """The raw non-blocking ``send`` (plain TCP fast path)."""
         return self._raw.send  # type: ignore[no-any-return]
 
-    def writable_now(self) -> bool:
-        """True if a write may go straight to ``send``: open, nobody mid-write."""
+    def write_unlocked(self) -> bool:
+        """True if no greenlet is mid-write (a write may go straight to ``send``)."""
         wlock = self._wlock
-        return not self.closed and (wlock is None or not wlock.locked())
+        return wlock is None or not wlock.locked()
+
+    @property
+    def read_watcher(self) -> Any:
+        """The io watcher for readability (the plain-TCP fast path waits on it)."""
+        return self._rwatch
+
+    @property
+    def raw_fileno(self) -> Callable[[], int]:
+        """The raw socket's ``fileno`` (-1 once the descriptor is closed)."""
+        return self._raw.fileno  # type: ignore[no-any-return]
 
     # -- writing ---------------------------------------------------------
 
@@ -414,8 +427,8 @@ class Stream:
             raise ClosedError()
         watcher.start(getcurrent().switch)
         try:
-            _switch(self._hub)
-        except _Interrupted:
+            switch_to(self._hub)
+        except Interrupted:
             raise ClosedError() from None
         except OSError as exc:
             # gevent's "File descriptor was closed in another greenlet".
@@ -477,7 +490,7 @@ class Stream:
         """
         watcher = self._rwatch if watcher is None else watcher
         if watcher.callback is not None:
-            self._hub.cancel_wait(watcher, _Interrupted())
+            self._hub.cancel_wait(watcher, Interrupted())
 
     def _shutdown_write(self) -> None:
         try:
@@ -506,7 +519,7 @@ class Stream:
         try:
             while not self._send_close_notify():
                 self._hub.wait(watcher)
-        except (OSError, _Interrupted, _Lingered):
+        except (OSError, Interrupted, _Lingered):
             pass
         finally:
             timer.cancel()
@@ -554,7 +567,7 @@ class Stream:
                         return
                 except BlockingIOError:
                     self._hub.wait(watcher)
-        except (OSError, _Interrupted, _Lingered):
+        except (OSError, Interrupted, _Lingered):
             return
         finally:
             timer.cancel()
