@@ -26,9 +26,14 @@ class TestDeadlineExceeded(AssertionError):
     """The test ran past its gevent deadline."""
 
 
+#: The gevent deadline of tests marked ``stress`` (run with ``-m stress``).
+STRESS_DEADLINE = 540.0
+
+
 @pytest.fixture(autouse=True)
-def _deadline() -> Iterator[None]:
-    timer = gevent.Timeout.start_new(DEADLINE, TestDeadlineExceeded(f"test ran over {DEADLINE} s"))
+def _deadline(request: pytest.FixtureRequest) -> Iterator[None]:
+    limit = STRESS_DEADLINE if request.node.get_closest_marker("stress") else DEADLINE
+    timer = gevent.Timeout.start_new(limit, TestDeadlineExceeded(f"test ran over {limit} s"))
     try:
         yield
     finally:
