@@ -232,9 +232,18 @@ def scenario_echo(cfg: Config) -> list[Row]:
 
 
 def scenario_big(cfg: Config) -> list[Row]:
-    """Listener echo, 10 connections x 64 KiB."""
-    res = load_rounds(cfg, ["gtcp", "raw"], Load(10, 65536))
-    return [compare("echo 10x64KiB MiB/s vs raw gevent", res, "gtcp", "raw", MIBPS, Target(">=", 1.3))]
+    """Listener echo, 10 connections x 64 KiB, with the trivial C server's ceiling beside it.
+
+    At 64 KiB both Python servers spend most of their time copying in the
+    kernel, and the load generator's own copies and checks cap what any
+    server can show; the ceiling row says how much room there is.
+    """
+    res = load_rounds(cfg, ["gtcp", "raw", "trivial"], Load(10, 65536))
+    return [
+        compare("echo 10x64KiB MiB/s vs raw gevent", res, "gtcp", "raw", MIBPS, Target(">=", 1.3)),
+        compare("  ceiling: trivial C vs raw, 10x64KiB", res, "trivial", "raw", MIBPS, Target()),
+        compare("  gtcp vs trivial C, 10x64KiB", res, "gtcp", "trivial", MIBPS, Target()),
+    ]
 
 
 def scenario_latency(cfg: Config) -> list[Row]:

@@ -54,11 +54,7 @@ class Caller:
     @property
     def tls(self) -> TLSInfo | None:
         """Facts about the TLS connection, or ``None`` on plain TCP."""
-        if self._stream.sslobj is None:
-            return None
-        from ._tls import tls_info
-
-        return tls_info(self._stream.gsock)
+        return self._stream.tls
 
     @property
     def closed(self) -> bool:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import socket as _stdsocket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import Timeout, get_hub, getcurrent
@@ -54,6 +54,9 @@ from ._errors import (
     WriteError,
     WriteTimeoutError,
 )
+
+if TYPE_CHECKING:
+    from ._tls import TLSInfo
 
 __all__ = [
     "LINGER_SECONDS", "READ_SIZE", "STREAMING_CHUNK", "Interrupted", "Stream", "handshake", "seconds",
@@ -606,6 +609,15 @@ class Stream:
     def gsock(self) -> Any:
         """The gevent socket (or gevent ``SSLSocket``) underneath."""
         return self._gsock
+
+    @property
+    def tls(self) -> TLSInfo | None:
+        """Facts about the TLS connection, or ``None`` on plain TCP."""
+        if self._sslobj is None:
+            return None
+        from ._tls import tls_info
+
+        return tls_info(self._gsock)
 
     @property
     def sslobj(self) -> Any:

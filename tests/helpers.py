@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import gevent
@@ -70,3 +74,36 @@ def recv_all(sock: Any) -> bytes:
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)
+
+
+#: Echo service classes for scripts run by :func:`run_script` (prepend it).
+ECHO_PRELUDE = """
+import gtcp
+
+class Echo:
+    def on_bytes(self, data): return data
+
+class Svc:
+    def on_connect(self, caller): return Echo()
+"""
+
+
+def run_script(
+    code: str, *, echo: bool = False, patch: bool = False, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run Python *code* in a fresh interpreter that imports this checkout's gtcp.
+
+    *patch* runs ``gevent.monkey.patch_all()`` first; *echo* defines the
+    ``Echo``/``Svc`` services of :data:`ECHO_PRELUDE`. Monkey-patching and
+    resource limits happen there, never in the test process.
+    """
+    source = textwrap.dedent(code)
+    if echo:
+        source = ECHO_PRELUDE + source
+    if patch:
+        source = "from gevent import monkey\nmonkey.patch_all()\n" + source
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", source], capture_output=True,
+                          text=True, timeout=timeout, env=env)

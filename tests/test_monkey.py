@@ -5,28 +5,15 @@ Monkey-patching happens only in subprocesses: it cannot be undone.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import gevent
 from conftest import LONG
-from helpers import EchoService
+from helpers import EchoService, run_script
 
 import gtcp
 
 
-def _run(code: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=60, env=env)
-
-
 def test_import_patches_nothing():
-    result = _run("""
+    result = run_script("""
         import gtcp, gevent.monkey, socket, threading, time
         assert not gevent.monkey.is_anything_patched()
         assert socket.socket.__module__ == "socket", socket.socket.__module__
@@ -37,38 +24,21 @@ def test_import_patches_nothing():
 
 
 def test_plain_script_without_patching():
-    result = _run("""
-        import gtcp
-
-        class Echo:
-            def on_bytes(self, data): return data
-
-        class Svc:
-            def on_connect(self, caller): return Echo()
-
+    result = run_script("""
         listener = gtcp.Listener(0, local_host="127.0.0.1")
         listener.attach(Svc())
         with listener:
             with gtcp.Client("127.0.0.1", listener.port, timeout=10) as client:
                 client.write_bytes(b"plain")
                 print(client.read_bytes().decode())
-    """)
+    """, echo=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "plain"
 
 
 def test_monkey_patched_process_with_thread_clients():
-    result = _run("""
-        from gevent import monkey
-        monkey.patch_all()
+    result = run_script("""
         import threading
-        import gtcp
-
-        class Echo:
-            def on_bytes(self, data): return data
-
-        class Svc:
-            def on_connect(self, caller): return Echo()
 
         listener = gtcp.Listener(0, local_host="127.0.0.1")
         listener.attach(Svc())
@@ -91,7 +61,7 @@ def test_monkey_patched_process_with_thread_clients():
         for t in threads: t.join(30)
         listener.graceful_stop(timeout=5)
         print(sorted(results))
-    """)
+    """, echo=True, patch=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(list(range(8)))
     assert "Traceback" not in result.stderr
@@ -111,14 +81,9 @@ def test_clients_inside_greenlets(serve):
 
 
 def test_serve_forever_ctrl_c_stops_and_raises_keyboard_interrupt_without_hub_output():
-    result = _run("""
+    result = run_script("""
         import os, signal, threading, gevent, gtcp
 
-        class Echo:
-            def on_bytes(self, data): return data
-
-        class Svc:
-            def on_connect(self, caller): return Echo()
 
         listener = gtcp.Listener(0, local_host="127.0.0.1")
         listener.attach(Svc())
@@ -129,7 +94,7 @@ def test_serve_forever_ctrl_c_stops_and_raises_keyboard_interrupt_without_hub_ou
             listener.serve_forever()
         except KeyboardInterrupt:
             print("interrupted", listener.running)
-    """)
+    """, echo=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "interrupted False"
     assert result.stderr == ""

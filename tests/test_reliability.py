@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
-import sys
-import textwrap
 
 import gevent
 import greenlet
 import pytest
 from conftest import LONG
-from helpers import EchoService, raw_connect
+from helpers import EchoService, raw_connect, run_script
 
 import gtcp
 
@@ -94,25 +91,11 @@ def test_no_hub_tracebacks_when_handlers_raise_or_peers_reset(serve, capfd):
     assert err == ""
 
 
-def _run(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
 def test_accept_loop_survives_descriptor_exhaustion():
-    result = _run("""
+    result = run_script("""
         import logging, resource, gevent, gtcp, socket
         logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-
-        class Echo:
-            def on_bytes(self, data): return data
-
-        class Svc:
-            def on_connect(self, caller): return Echo()
 
         listener = gtcp.Listener(0, local_host="127.0.0.1")
         listener.attach(Svc()); listener.start()
@@ -135,7 +118,7 @@ def test_accept_loop_survives_descriptor_exhaustion():
                 assert client.read_bytes() == b"alive"
         listener.immediate_stop()
         print("OK")
-    """)
+    """, echo=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "OK"
     assert "Traceback" not in result.stderr
