@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import gevent
@@ -107,3 +110,16 @@ def run_script(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-c", source], capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as ``gtcp_example_<name>`` (``examples/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"gtcp_example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -8,12 +8,9 @@ setting ``stop``; nothing waits on a sleep.
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import struct
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -22,29 +19,20 @@ import gevent.socket
 import pytest
 from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
+from helpers import load_example
 
 import gtcp
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: Seconds something that must happen may take (loopback: it takes ms).
 LONG = 10.0
 
 
-def load(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as ``gtcp_example_<name>``."""
-    spec = importlib.util.spec_from_file_location(f"gtcp_example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-echo_server = load("echo_server")
-echo_client = load("echo_client")
-http_over_tcp = load("http_over_tcp")
-chat_server = load("chat_server")
+echo_server = load_example("echo_server")
+echo_client = load_example("echo_client")
+http_over_tcp = load_example("http_over_tcp")
+chat_server = load_example("chat_server")
 
 
 @pytest.fixture(autouse=True)

@@ -10,22 +10,19 @@ has conftest's gevent deadline and pytest-timeout as a backstop.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import gevent
 import pytest
 import trustme
 from gevent.event import AsyncResult, Event
+from helpers import load_example
 
 import gtcp
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: Seconds something that must happen may take (loopback: it takes ms).
 LONG = 10.0
@@ -33,19 +30,11 @@ LONG = 10.0
 VERSIONS = ["TLSv1.2", "TLSv1.3"]
 
 
-def load(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as ``gtcp_example_<name>`` (``examples/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"gtcp_example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-tls_echo_server = load("tls_echo_server")
-tls_echo_client = load("tls_echo_client")
-mtls_echo = load("mtls_echo")
+tls_echo_server = load_example("tls_echo_server")
+tls_echo_client = load_example("tls_echo_client")
+mtls_echo = load_example("mtls_echo")
 
 
 def run_trustme(directory: Path, *args: str) -> Path:
