@@ -146,10 +146,11 @@ class Client:
         server still sends is drained for a short bounded time in the
         background so the close never turns into a reset.
         """
-        if not self._stream.closed:
-            if self._secure_socket is not None:
-                self._remember_session()
-            self._stream.finish_in_background()
+        stream = self._stream
+        if not stream.closed and self._secure_socket is not None:
+            self._remember_session()
+        if not stream.finished:  # also after a failed write closed the stream
+            stream.finish_in_background()
 
     # -- facts -------------------------------------------------------------------
 

@@ -122,14 +122,19 @@ class Connection:
 
     # -- the connection's life ---------------------------------------------
 
-    def run(self) -> None:
-        """Serve the connection to its end; never raises."""
+    def register(self) -> None:
+        """Count the connection as open: done in the accept loop, before its
+        greenlet is spawned, so that a stop sees it even before it runs."""
         cfg = self.cfg
-        self.greenlet = getcurrent()
         cfg.connections.add(self)
         cfg.idle_event.clear()
+
+    def run(self) -> None:
+        """Serve the connection to its end; never raises (the greenlet's body)."""
+        cfg = self.cfg
         try:
-            self._run()
+            if not self.aborted:  # a stop that came before this greenlet ran
+                self._run()
         except Exception:  # pragma: no cover - a bug in gtcp itself
             log.exception("gtcp: internal error serving %s", self.peer)
         finally:
@@ -248,6 +253,8 @@ class Connection:
             except _HANDLER_FAILURES:
                 log.exception("on_bytes of connection %s raised; closing it", caller.id)
                 return None
+            if track:  # time inside the callback was busy, not idle
+                self._last_read = loop.now()
             if result is not None:
                 outcome = self._handle_result(stream, caller, result)
                 if outcome is not None:
@@ -277,19 +284,21 @@ class Connection:
         me = getcurrent().switch
         wait = True
         while True:
-            if wait:
-                if not (stream.closed or self.idle_expired or fileno() < 0):
-                    rwatch.start(me)
-                    try:
-                        switch_to(hub)
-                    except (Interrupted, OSError):
-                        pass  # a close, a stop or the idle timer: see below
-                    finally:
-                        rwatch.stop()
-                if stream.closed or self.idle_expired or fileno() < 0:
-                    if self._idle_false_alarm(stream):
-                        continue
-                    return ReadTimeoutError() if self.idle_expired else None
+            if wait and not (stream.closed or self.idle_expired or fileno() < 0):
+                rwatch.start(me)
+                try:
+                    switch_to(hub)
+                except (Interrupted, OSError):
+                    pass  # a close, a stop or the idle timer: see below
+                finally:
+                    rwatch.stop()
+            # Checked on every pass, not only after a wait: a close (or a stop)
+            # must end the loop even while a peer keeps streaming big chunks.
+            if stream.closed or self.idle_expired or fileno() < 0:
+                if self._idle_false_alarm(stream):
+                    wait = True
+                    continue
+                return ReadTimeoutError() if self.idle_expired else None
             try:
                 data = recv(READ_SIZE)
             except BlockingIOError:
@@ -308,6 +317,8 @@ class Connection:
             except _HANDLER_FAILURES:
                 log.exception("on_bytes of connection %s raised; closing it", caller.id)
                 return None
+            if track:  # time inside the callback was busy, not idle
+                self._last_read = loop.now()
             if result is None:
                 continue
             if type(result) is bytes and not stream.closed and stream.write_unlocked():

@@ -518,6 +518,10 @@ class Stream:
 
     def _flush_close_notify(self, bound: float) -> None:
         watcher = self._hub.loop.io(self._raw.fileno(), 2)
+        others = self._others
+        if others is None:
+            others = self._others = []
+        others.append(watcher)  # so that wake_all() (a stop) cuts it short
         timer = Timeout.start_new(bound, _Lingered)
         try:
             while not self._send_close_notify():
@@ -526,6 +530,7 @@ class Stream:
             pass
         finally:
             timer.cancel()
+            others.remove(watcher)
             watcher.close()
 
     def finish(self, linger: float | None = LINGER_SECONDS) -> None:
@@ -599,6 +604,11 @@ class Stream:
         self.finish(None)
 
     # -- facts -------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once the descriptor is closed (after :meth:`finish`)."""
+        return self._raw.fileno() < 0  # type: ignore[no-any-return]
 
     @property
     def reading(self) -> bool:

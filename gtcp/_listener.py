@@ -80,12 +80,25 @@ class _Server(StreamServer):
             log.warning("Listener on port %s accepts again", self.server_port)
         return result
 
+    #: What the connections of this run share (set by Listener.start()).
+    serving: ServeConfig
+
     def do_handle(self, *args: Any) -> None:
-        # Spawn the handler itself, not gevent's _handle_and_close_when_done
+        # The connection is registered here, in the accept loop, so that a
+        # stop sees it even if its greenlet has not run yet. Its run() is
+        # spawned directly, not through gevent's _handle_and_close_when_done
         # wrapper: the connection closes its own socket, and one interpreter
         # frame less sits on every idle greenlet's saved stack.
+        gsock, address = args
+        conn = Connection(self.serving, gsock, address)
+        conn.register()
         server: Any = self
-        server._spawn(server._handle, *args)
+        try:
+            conn.greenlet = server._spawn(conn.run)
+        except BaseException:
+            conn.abort()
+            conn.run()  # unregisters and closes the socket at once
+            raise
 
     def _back_off(self) -> None:
         # BaseServer._do_read's back-off, minus its traceback on the hub.
@@ -210,7 +223,8 @@ class Listener:
                               self._write_timeout, self._idle_timeout)
         serving.idle_event.set()
         spawn: Any = Pool(self._max_connections) if self._max_connections else "default"
-        server = _Server(sock, self._handler(serving), spawn=spawn)
+        server = _Server(sock, _unused_handle, spawn=spawn)
+        server.serving = serving
         server.start()
         self._port = sock.getsockname()[1]
         self._server = server
@@ -219,12 +233,6 @@ class Listener:
         self._runs.append(serving)
         self._started_once = True
         self._stopped.clear()
-
-    def _handler(self, serving: ServeConfig) -> Any:
-        def handle(gsock: Any, address: Any) -> None:
-            Connection(serving, gsock, address).run()
-
-        return handle
 
     def _bind(self) -> Any:
         host = self._local_host
@@ -347,6 +355,11 @@ class Listener:
         state = "running" if self.running else "stopped"
         tls = " TLS" if self._secure_socket is not None else ""
         return f"<gtcp.Listener{tls} {self._local_host or '*'}:{self._port} {state}>"
+
+
+def _unused_handle(gsock: Any, address: Any) -> None:  # pragma: no cover
+    """StreamServer wants a handle; _Server.do_handle spawns Connection.run instead."""
+    raise AssertionError("not called")
 
 
 def _positive_int(value: Any, name: str) -> int:

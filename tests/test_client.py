@@ -13,6 +13,13 @@ from helpers import EchoService, read_exactly
 import gtcp
 
 
+def _until_reading(client):
+    """Yield until a greenlet is blocked reading on *client* (with a deadline)."""
+    with gevent.Timeout(LONG):
+        while not client._stream.reading:
+            gevent.sleep(0)
+
+
 def _closing_service():
     class CloseAtConnect(gtcp.Service):
         def on_connect(self, caller):
@@ -144,7 +151,7 @@ def test_Client_close_wakes_a_blocked_reader(serve):
     listener = serve(EchoService())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     reader = gevent.spawn(client.read_bytes)
-    gevent.sleep(SHORT)
+    _until_reading(client)
     client.close()
     with pytest.raises(gtcp.ClosedError):
         reader.get(timeout=LONG)
@@ -179,7 +186,7 @@ def test_Client_concurrent_reads_are_served_one_at_a_time(serve):
     listener = serve(EchoService())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     readers = [gevent.spawn(client.read_bytes) for _ in range(2)]
-    gevent.sleep(SHORT)
+    _until_reading(client)
     client.write_bytes(b"one")
     first = gevent.wait(readers, count=1, timeout=LONG)
     assert len(first) == 1 and first[0].get() == b"one"

@@ -157,7 +157,9 @@ def test_dispatch_on_bytes_returning_error_is_logged_and_connection_stays(serve,
     listener = serve(_service(lambda caller: Picky()))
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"bad")
-        gevent.sleep(SHORT)
+        with gevent.Timeout(LONG):  # "bad" handled on its own before "good" is sent
+            while not any("bad input" in r.getMessage() for r in gtcp_log.records):
+                gevent.sleep(0.01)
         client.write_bytes(b"good")
         assert client.read_bytes() == b"good"
     assert any("bad input" in r.getMessage() for r in gtcp_log.records)
@@ -400,16 +402,24 @@ def test_dispatch_time_in_callbacks_is_not_idle(serve):
 
     class Busy:
         def on_bytes(self, data):
-            gevent.sleep(0.5)  # longer than the idle timeout, but busy, not idle
+            if data == b"work":
+                gevent.sleep(1.0)  # longer than the idle timeout, but busy, not idle
             return data
 
         def on_error(self, err):
             done.put(err)
 
-    listener = serve(_service(lambda caller: Busy()), idle_timeout=0.3)
+    listener = serve(_service(lambda caller: Busy()), idle_timeout=0.6)
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.write_bytes(b"work")
     assert client.read_bytes() == b"work"
+    # Idle time counts from the end of the callback: 0.3 s later the
+    # connection is still open (counted from the chunk's arrival, or with
+    # the busy time counted as idle, it would have been closed).
+    gevent.sleep(0.3)
+    client.write_bytes(b"more")
+    assert client.read_bytes() == b"more"
+    assert done.empty()
     err = done.get(timeout=LONG)  # then, silent: the idle timeout ends it
     assert isinstance(err, gtcp.ReadTimeoutError)
     client.close()
@@ -480,3 +490,87 @@ def test_dispatch_other_bytes_like_results_are_written(serve):
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"abc")
         assert client.read_bytes() == b"ABC"
+
+
+def test_dispatch_write_back_failure_reports_failed_to_send_data(serve):
+    errors = Queue()
+    reset = Event()
+
+    class Late:
+        def on_bytes(self, data):
+            reset.wait(LONG)  # the peer resets meanwhile
+            return b"reply" * 100000
+
+        def on_error(self, err):
+            errors.put(err)
+
+    listener = serve(_service(lambda caller: Late()))
+    sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
+    sock.sendall(b"x")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # on loopback the RST has reached the listener's socket when this returns
+    reset.set()
+    err = errors.get(timeout=LONG)
+    assert type(err) is gtcp.WriteError and str(err) == "Failed to send data."
+    assert str(err.__cause__).startswith("Failed to write data: ")
+
+
+def test_dispatch_close_ends_loop_while_peer_streams_big_chunks(serve):
+    calls = {"after_close": 0}
+    closed = Event()
+
+    class CloseSoon:
+        def __init__(self):
+            self.closing = False
+
+        def on_bytes(self, caller, data):
+            if self.closing:
+                calls["after_close"] += 1
+            else:
+                self.closing = True
+                caller.close()
+
+        def on_close(self):
+            closed.set()
+
+    listener = serve(_service(lambda caller: CloseSoon()))
+    sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
+
+    def stream():
+        try:
+            while True:
+                sock.sendall(b"s" * 65536)
+        except OSError:
+            pass
+
+    sender = gevent.spawn(stream)
+    assert closed.wait(LONG)
+    sender.kill()
+    sock.close()
+    assert calls["after_close"] == 0
+
+
+def test_dispatch_stop_reaches_connections_not_yet_running(serve):
+    served_after = []
+    stopped = Event()
+    listener_box = []
+
+    class StopFirst(gtcp.Service):
+        def on_connect(self, caller):
+            if not stopped.is_set():
+                stopped.set()
+                listener_box[0].immediate_stop()
+                return None
+            served_after.append(caller.id)
+            return Echo()
+
+    listener = serve(StopFirst())
+    listener_box.append(listener)
+    # Several connections land in one accept batch before any greenlet runs.
+    socks = [socket.create_connection(("127.0.0.1", listener.port)) for _ in range(10)]
+    assert stopped.wait(LONG)
+    for sock in socks:
+        sock.settimeout(LONG)
+        assert sock.recv(10) == b""  # every one was closed by the stop
+        sock.close()
+    assert served_after == []
