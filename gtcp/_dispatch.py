@@ -76,7 +76,7 @@ class ServeConfig:
 
 
 class Connection:
-    """One accepted connection; :meth:`run` is the StreamServer handler body."""
+    """One accepted connection; :meth:`run` is the body of its own greenlet."""
 
     __slots__ = (
         "_address", "_handshaking", "_idle_timer", "_last_read", "aborted", "cfg", "greenlet", "gsock",
