@@ -283,8 +283,10 @@ class Connection:
         hub = get_hub()
         me = getcurrent().switch
         wait = True
+        read_size = READ_SIZE
+        streaming_chunk = STREAMING_CHUNK
         while True:
-            if wait and not (stream.closed or self.idle_expired or fileno() < 0):
+            if wait and not (stream.closed or self.idle_expired) and fileno() >= 0:
                 rwatch.start(me)
                 try:
                     switch_to(hub)
@@ -294,13 +296,13 @@ class Connection:
                     rwatch.stop()
             # Checked on every pass, not only after a wait: a close (or a stop)
             # must end the loop even while a peer keeps streaming big chunks.
-            if stream.closed or self.idle_expired or fileno() < 0:
+            if stream.closed or self.idle_expired:
                 if self._idle_false_alarm(stream):
                     wait = True
                     continue
                 return ReadTimeoutError() if self.idle_expired else None
             try:
-                data = recv(READ_SIZE)
+                data = recv(read_size)
             except BlockingIOError:
                 wait = True
                 continue
@@ -309,7 +311,7 @@ class Connection:
             if not data:
                 stream.eof = True
                 return None
-            wait = len(data) < STREAMING_CHUNK
+            wait = len(data) < streaming_chunk
             if track:
                 self._last_read = loop.now()
             try:
@@ -321,7 +323,9 @@ class Connection:
                 self._last_read = loop.now()
             if result is None:
                 continue
-            if type(result) is bytes and not stream.closed and stream.write_unlocked():
+            if type(result) is bytes and not stream.closed and (
+                stream.wlock is None or not stream.wlock.locked()
+            ):
                 try:
                     sent = send(result)
                 except OSError:

@@ -176,11 +176,11 @@ class Stream:
         "_rwatch",
         "_send",
         "_sslobj",
-        "_wlock",
         "_wtimer",
         "_wwatch",
         "closed",
         "eof",
+        "wlock",
         "write_timeout",
     )
 
@@ -199,7 +199,9 @@ class Stream:
         else:
             self._recv = raw.recv
             self._send = raw.send
-        self._wlock: Semaphore | None = None  # made at the first contention
+        #: Serialises slow writes; made at the first write that has to wait.
+        #: Nobody mid-write when it is None or unlocked (the fast path's test).
+        self.wlock: Semaphore | None = None
         self._others: list[Any] | None = None  # TLS waits on private watchers
         self._notify_pending = False  # a close_notify that did not fit yet
         self._rtimer: Timeout | None = None  # deadlines, made at the first wait
@@ -313,11 +315,6 @@ class Stream:
         """The raw non-blocking ``send`` (plain TCP fast path)."""
         return self._raw.send  # type: ignore[no-any-return]
 
-    def write_unlocked(self) -> bool:
-        """True if no greenlet is mid-write (a write may go straight to ``send``)."""
-        wlock = self._wlock
-        return wlock is None or not wlock.locked()
-
     @property
     def read_watcher(self) -> Any:
         """The io watcher for readability (the plain-TCP fast path waits on it)."""
@@ -342,7 +339,7 @@ class Stream:
             raise ClosedError()
         if type(data) is not bytes:
             data = _as_bytes_view(data)
-        wlock = self._wlock
+        wlock = self.wlock
         if wlock is None or not wlock.locked():
             # Fast path: nothing else is mid-write and no switch can happen
             # between this check and send(), so the bytes cannot interleave.
@@ -357,9 +354,9 @@ class Stream:
             if sent == len(data):
                 return
             data = memoryview(data).cast("B")[sent:]
-        if self._wlock is None:
-            self._wlock = Semaphore(1)
-        with self._wlock:
+        if self.wlock is None:
+            self.wlock = Semaphore(1)
+        with self.wlock:
             self._write_slow(data)
 
     def _write_slow(self, data: Any) -> None:
