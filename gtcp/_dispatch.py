@@ -274,19 +274,19 @@ class Connection:
         with_caller = callbacks.on_bytes_with_caller
         track = self._idle_timer is not None
         loop = get_hub().loop
-        recv = stream.raw_recv
-        send = stream.raw_send
+        # The raw socket itself, not its bound methods: a method call costs
+        # the same, and an idle connection then holds three objects fewer.
+        raw = stream.raw
         # Stream.wait_readable, inlined: a wait per request is the one Python
         # detour the hot path cannot avoid, so it is kept to its bones.
         rwatch = stream.read_watcher
-        fileno = stream.raw_fileno
         hub = get_hub()
         me = getcurrent().switch
         wait = True
         read_size = READ_SIZE
         streaming_chunk = STREAMING_CHUNK
         while True:
-            if wait and not (stream.closed or self.idle_expired) and fileno() >= 0:
+            if wait and not (stream.closed or self.idle_expired) and raw.fileno() >= 0:
                 rwatch.start(me)
                 try:
                     switch_to(hub)
@@ -302,7 +302,7 @@ class Connection:
                     continue
                 return ReadTimeoutError() if self.idle_expired else None
             try:
-                data = recv(read_size)
+                data = raw.recv(read_size)
             except BlockingIOError:
                 wait = True
                 continue
@@ -327,7 +327,7 @@ class Connection:
                 stream.wlock is None or not stream.wlock.locked()
             ):
                 try:
-                    sent = send(result)
+                    sent = raw.send(result)
                 except OSError:
                     sent = 0  # Stream.write below retries and reports it properly
                 if sent == len(result):

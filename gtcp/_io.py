@@ -171,10 +171,8 @@ class Stream:
         "_notify_pending",
         "_others",
         "_raw",
-        "_recv",
         "_rtimer",
         "_rwatch",
-        "_send",
         "_sslobj",
         "_wtimer",
         "_wwatch",
@@ -193,12 +191,6 @@ class Stream:
         self._wwatch = gsock._write_event
         sslobj = getattr(gsock, "_sslobj", None)
         self._sslobj = sslobj
-        if sslobj is not None:
-            self._recv: Callable[[int], bytes] = sslobj.read
-            self._send: Callable[[Any], int] = sslobj.write
-        else:
-            self._recv = raw.recv
-            self._send = raw.send
         #: Serialises slow writes; made at the first write that has to wait.
         #: Nobody mid-write when it is None or unlocked (the fast path's test).
         self.wlock: Semaphore | None = None
@@ -232,7 +224,11 @@ class Stream:
                 # Nothing buffered inside OpenSSL either: the socket decides.
                 timer = self._arm_read(timeout)
                 self._wait(self._rwatch)
-            recv = self._recv
+            # Bound here, not kept on the stream: an idle connection holds
+            # no more objects than it needs.
+            recv: Callable[[int], bytes] = (
+                self._sslobj.read if self._sslobj is not None else self._raw.recv
+            )
             while True:
                 # The waits happen outside the except clauses: waiting inside
                 # one would keep the exception and its traceback alive for as
@@ -306,24 +302,14 @@ class Stream:
         return error
 
     @property
-    def raw_recv(self) -> Callable[[int], bytes]:
-        """The raw non-blocking ``recv`` (plain TCP fast path)."""
-        return self._raw.recv  # type: ignore[no-any-return]
-
-    @property
-    def raw_send(self) -> Callable[[Any], int]:
-        """The raw non-blocking ``send`` (plain TCP fast path)."""
-        return self._raw.send  # type: ignore[no-any-return]
+    def raw(self) -> Any:
+        """The raw non-blocking socket (plain TCP fast path: ``recv``, ``send``, ``fileno``)."""
+        return self._raw
 
     @property
     def read_watcher(self) -> Any:
         """The io watcher for readability (the plain-TCP fast path waits on it)."""
         return self._rwatch
-
-    @property
-    def raw_fileno(self) -> Callable[[], int]:
-        """The raw socket's ``fileno`` (-1 once the descriptor is closed)."""
-        return self._raw.fileno  # type: ignore[no-any-return]
 
     # -- writing ---------------------------------------------------------
 
@@ -344,7 +330,7 @@ class Stream:
             # Fast path: nothing else is mid-write and no switch can happen
             # between this check and send(), so the bytes cannot interleave.
             try:
-                sent = self._send(data)
+                sent = (self._sslobj.write if self._sslobj is not None else self._raw.send)(data)
             except _WOULD_BLOCK:
                 sent = 0
             except ssl.SSLWantWriteError:
@@ -361,6 +347,7 @@ class Stream:
 
     def _write_slow(self, data: Any) -> None:
         view = memoryview(data).cast("B")
+        send = self._sslobj.write if self._sslobj is not None else self._raw.send
         timer = None  # armed at the first wait only
         try:
             while view:
@@ -368,7 +355,7 @@ class Stream:
                     raise ClosedError()
                 want = 0
                 try:
-                    sent = self._send(view)
+                    sent = send(view)
                 except (BlockingIOError, ssl.SSLWantWriteError):
                     want = 2
                 except ssl.SSLWantReadError:
