@@ -277,7 +277,7 @@ class Connection:
         # The raw socket itself, not its bound methods: a method call costs
         # the same, and an idle connection then holds three objects fewer.
         raw = stream.raw
-        # Stream.wait_readable, inlined: a wait per request is the one Python
+        # Stream._wait, inlined: a wait per request is the one Python
         # detour the hot path cannot avoid, so it is kept to its bones.
         rwatch = stream.read_watcher
         hub = get_hub()

@@ -285,13 +285,6 @@ class Stream:
         timer.start()
         return timer
 
-    def wait_readable(self) -> None:
-        """Wait, without a deadline, until the socket is readable (plain TCP).
-
-        ``ClosedError`` if the stream is closed (or interrupted) meanwhile.
-        """
-        self._wait(self._rwatch)
-
     def read_failed(self, exc: OSError) -> PeerClosedError | None:
         """The error for a plain recv that failed: None if we closed it."""
         if self.closed:
