@@ -10,7 +10,7 @@ from gevent import Timeout
 from gevent.lock import Semaphore
 
 from ._errors import ConfigError, ConnectError, PeerClosedError
-from ._io import STREAMING_CHUNK, Stream, handshake, seconds
+from ._io import STREAMING_CHUNK, Stream, handshake, reason, seconds
 
 if TYPE_CHECKING:
     from ._tls import TLSInfo
@@ -193,7 +193,7 @@ def _connect(host: str, port: int, local_host: str | None, timeout: float | None
             f"Unable to connect with remote host: connection timed out after {timeout:g} s"
         ) from None
     except OSError as exc:
-        cause = exc.strerror or str(exc)
+        cause = reason(exc)
         if local_host is not None and isinstance(exc, socket.gaierror):
             cause = f"{cause} (local_host {local_host!r})"
         raise ConnectError(f"Unable to connect with remote host: {cause}") from exc

@@ -35,6 +35,7 @@ them so an upgrade that moves them fails loudly instead of silently slowing.
 
 from __future__ import annotations
 
+import re
 import socket as _stdsocket
 import ssl
 from collections.abc import Callable
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from ._tls import TLSInfo
 
 __all__ = [
-    "LINGER_SECONDS", "READ_SIZE", "STREAMING_CHUNK", "Interrupted", "Stream", "handshake", "seconds",
+    "LINGER_SECONDS", "READ_SIZE", "STREAMING_CHUNK", "Interrupted", "Stream", "handshake", "reason", "seconds",
     "switch_to",
 ]
 
@@ -111,13 +112,22 @@ def seconds(value: object, name: str) -> float | None:
     return result if result > 0 else None
 
 
-def _reason(exc: BaseException) -> str:
-    """The human part of an OS or ssl error: ``"Connection reset by peer"``."""
+def reason(exc: BaseException) -> str:
+    """The human part of an OS, ssl or cryptography error: ``"Connection reset by peer"``.
+
+    The one helper every module uses to put a low-level error into a gtcp
+    message: an ``OSError``'s ``strerror``, an ``SSLError``'s text without
+    CPython's ``(_ssl.c:NNN)`` suffix, else ``str(exc)``.
+    """
     if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc.args[-1] if exc.args else exc)
+        text = str(exc.args[1]) if len(exc.args) > 1 and isinstance(exc.args[1], str) else str(exc)
+        return _SSL_SUFFIX.sub("", text) or type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+_SSL_SUFFIX = re.compile(r"\s*\(_ssl\.c:\d+\)$")
 
 
 def _hub_keeps_running() -> bool:
@@ -243,12 +253,12 @@ class Stream:
                 except _TLS_EOF:
                     data = b""
                 except ssl.SSLError as exc:
-                    raise TLSError(_reason(exc)) from exc
+                    raise TLSError(reason(exc)) from exc
                 except OSError as exc:
                     if self.closed:
                         raise ClosedError() from exc
                     self.eof = True
-                    raise PeerClosedError(_reason(exc)) from exc
+                    raise PeerClosedError(reason(exc)) from exc
                 if want and timer is None:
                     timer = self._arm_read(timeout)
                 if want == 1:
@@ -290,7 +300,7 @@ class Stream:
         if self.closed:
             return None
         self.eof = True
-        error = PeerClosedError(_reason(exc))
+        error = PeerClosedError(reason(exc))
         error.__cause__ = exc
         return error
 
@@ -387,7 +397,7 @@ class Stream:
         if self.closed:
             return ClosedError()
         self.close()
-        return WriteError(f"Failed to write data: {_reason(exc)}")
+        return WriteError(f"Failed to write data: {reason(exc)}")
 
     # -- waiting ---------------------------------------------------------
 
@@ -643,7 +653,7 @@ def handshake(
             session=session,
         )
     except (ssl.SSLError, OSError, ValueError) as exc:
-        raise TLSError(_reason(exc)) from exc
+        raise TLSError(reason(exc)) from exc
     if on_wrapped is not None:
         on_wrapped(tls)  # lets a stop end the handshake (Connection.abort)
     timer = Timeout.start_new(timeout, _HandshakeTimeout) if timeout else None
@@ -654,13 +664,13 @@ def handshake(
         raise TLSError(f"TLS handshake timed out after {timeout:g} s") from None
     except ssl.SSLCertVerificationError as exc:
         tls.close()
-        raise TLSError(exc.verify_message or _reason(exc)) from exc
+        raise TLSError(exc.verify_message or reason(exc)) from exc
     except _TLS_EOF as exc:
         tls.close()
         raise TLSError("Connection closed by the peer during the TLS handshake") from exc
     except (ssl.SSLError, OSError) as exc:
         tls.close()
-        raise TLSError(_reason(exc)) from exc
+        raise TLSError(reason(exc)) from exc
     except BaseException:  # a caller's own Timeout, a kill: no socket left behind
         tls.close()
         raise

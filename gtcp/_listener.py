@@ -17,7 +17,7 @@ from gevent.server import StreamServer
 
 from ._dispatch import Connection, ServeConfig
 from ._errors import ConfigError, Error, ListenerError
-from ._io import seconds
+from ._io import reason, seconds
 from ._service import check_service
 
 __all__ = ["Listener"]
@@ -71,7 +71,7 @@ class _Server(StreamServer):
             if not self._burst:
                 self._burst = True
                 log.error("Listener on port %s cannot accept: %s; backing off",
-                          self.server_port, exc.strerror or exc)
+                          self.server_port, reason(exc))
             self._back_off()
             return None
         if result is not None and self._burst:
@@ -256,7 +256,7 @@ class Listener:
                 sock.close()
                 raise
         except OSError as exc:
-            cause = exc.strerror or str(exc)
+            cause = reason(exc)
             where = f"{host if host is not None else '*'}:{self._local_port}"
             raise ListenerError(f"Error initializing the server: {cause} ({where})") from exc
         return sock

@@ -88,7 +88,6 @@ import datetime
 import functools
 import math
 import os
-import re
 import ssl
 import tempfile
 import threading
@@ -118,6 +117,7 @@ from ._config import (
     VerifyClient,
 )
 from ._errors import ConfigError, TLSError
+from ._io import reason
 
 __all__ = [
     "CLIENT_CONTEXT_CACHE_SIZE",
@@ -393,15 +393,6 @@ def _context_error(cause: str) -> TLSError:
     return TLSError(f"Failed to initialize the SSL context: {cause}")
 
 
-def _reason(exc: BaseException) -> str:
-    """The readable part of an OS, ssl or cryptography error."""
-    if isinstance(exc, ssl.SSLError):
-        return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc))
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
 class _PasswordMissing(Exception):
     """Raised by the password callback: the key is encrypted and no password was given."""
 
@@ -430,7 +421,7 @@ def _diagnose_cert_key(key: CertKey, exc: BaseException) -> str:
     try:
         chain = Path(key.cert_file).read_bytes()
     except OSError as err:
-        return f"cannot read certificate file {key.cert_file!r}: {_reason(err)}"
+        return f"cannot read certificate file {key.cert_file!r}: {reason(err)}"
     try:
         x509.load_pem_x509_certificates(chain)
     except ValueError:
@@ -438,11 +429,11 @@ def _diagnose_cert_key(key: CertKey, exc: BaseException) -> str:
     try:
         pem = Path(key.key_file).read_bytes()
     except OSError as err:
-        return f"cannot read private key file {key.key_file!r}: {_reason(err)}"
+        return f"cannot read private key file {key.key_file!r}: {reason(err)}"
     problem = _private_key_problem(pem, key.key_password)
     if problem is not None:
         return f"cannot load private key {key.key_file!r}: {problem}"
-    return f"cannot use certificate {key.cert_file!r} with private key {key.key_file!r}: {_reason(exc)}"
+    return f"cannot use certificate {key.cert_file!r} with private key {key.key_file!r}: {reason(exc)}"
 
 
 def _load_cert_key(ctx: ssl.SSLContext, key: CertKey) -> None:
@@ -460,11 +451,11 @@ def _read_store(
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise _context_error(f"cannot read {kind} {path!r}: {_reason(exc)}") from exc
+        raise _context_error(f"cannot read {kind} {path!r}: {reason(exc)}") from exc
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password.encode())
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _context_error(f"cannot load {kind} {path!r}: {_reason(exc)}") from exc
+        raise _context_error(f"cannot load {kind} {path!r}: {reason(exc)}") from exc
     return key, ([cert] if cert is not None else []) + list(extra)
 
 
@@ -522,7 +513,7 @@ def _load_key_store(ctx: ssl.SSLContext, store: KeyStore) -> None:
         try:
             ctx.load_cert_chain(path, password=secret)
         except (OSError, ValueError) as exc:
-            raise _context_error(f"cannot use KeyStore {store.path!r}: {_reason(exc)}") from exc
+            raise _context_error(f"cannot use KeyStore {store.path!r}: {reason(exc)}") from exc
 
 
 def _load_key(ctx: ssl.SSLContext, key: CertKey | KeyStore) -> None:
@@ -542,12 +533,12 @@ def _load_trust(ctx: ssl.SSLContext, cert: str | TrustStore) -> None:
         try:
             ctx.load_verify_locations(cadata=pem)
         except (OSError, ValueError) as exc:
-            raise _context_error(f"cannot use TrustStore {cert.path!r}: {_reason(exc)}") from exc
+            raise _context_error(f"cannot use TrustStore {cert.path!r}: {reason(exc)}") from exc
         return
     try:
         ctx.load_verify_locations(cafile=cert)
     except (OSError, ValueError) as exc:
-        raise _context_error(f"cannot load CA certificates from {cert!r}: {_reason(exc)}") from exc
+        raise _context_error(f"cannot load CA certificates from {cert!r}: {reason(exc)}") from exc
 
 
 # ---------------------------------------------------------------------------
