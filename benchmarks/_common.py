@@ -1,13 +1,15 @@
 """Helpers shared by the benchmark echo servers: arguments, TLS context, limits.
 
-Every server script takes ``PORT [--tls CERT KEY]``, prints ``READY <port>`` on
-stdout once it listens (``PORT`` 0 picks a free port), and exits 0 on SIGTERM or
-SIGINT.
+Every byte-echo server script takes ``PORT [--tls CERT KEY]``; every framed
+echo server takes ``PORT --framing lines|len4``. Each prints ``READY <port>``
+on stdout once it listens (``PORT`` 0 picks a free port), and exits 0 on
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import ssl
 import sys
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The gtcp checkout measured: this one, or ``$GTCP_ROOT`` (e.g. an exported older commit).
+GTCP_ROOT = Path(os.environ.get("GTCP_ROOT") or REPO_ROOT).resolve()
 HOST = "127.0.0.1"
 
 
@@ -39,6 +43,34 @@ def parse_server_args(description: str, argv: list[str] | None = None) -> Server
     args = parser.parse_args(argv)
     cert, key = args.tls if args.tls else (None, None)
     return ServerArgs(args.port, cert, key)
+
+
+FRAMINGS = ("lines", "len4")
+
+
+class FramedArgs(NamedTuple):
+    """Parsed command line of a framed echo server script."""
+
+    port: int
+    framing: str
+    loop: str
+
+
+def parse_framed_args(
+    description: str, loops: tuple[str, ...] = (), argv: list[str] | None = None
+) -> FramedArgs:
+    """Parse ``PORT --framing lines|len4 [--loop asyncio|uvloop]``.
+
+    ``lines``: newline-terminated messages. ``len4``: a 4-byte big-endian
+    length, then that many bytes.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("port", type=int, help="TCP port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--framing", choices=FRAMINGS, required=True)
+    if loops:
+        parser.add_argument("--loop", choices=loops, default=loops[0])
+    args = parser.parse_args(argv)
+    return FramedArgs(args.port, args.framing, getattr(args, "loop", ""))
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -71,7 +103,7 @@ def announce(port: int) -> None:
 
 
 def add_repo_to_path() -> None:
-    """Make the ``gtcp`` package of this checkout importable."""
-    root = str(REPO_ROOT)
+    """Make the ``gtcp`` package of this checkout (or of ``$GTCP_ROOT``) importable."""
+    root = str(GTCP_ROOT)
     if root not in sys.path:
         sys.path.insert(0, root)

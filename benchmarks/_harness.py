@@ -137,11 +137,16 @@ def pinned(core: int | None) -> Callable[[], None] | None:
     return pin
 
 
+def gtcp_root() -> Path:
+    """The checkout whose gtcp is measured: this one, or ``$GTCP_ROOT``."""
+    return Path(os.environ.get("GTCP_ROOT") or REPO_ROOT).resolve()
+
+
 def python_env() -> dict[str, str]:
     """Environment for Python children: this checkout importable, no bytecode written."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), str(BENCH_DIR), env.get("PYTHONPATH", "")) if p
+        p for p in (str(gtcp_root()), str(BENCH_DIR), env.get("PYTHONPATH", "")) if p
     )
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env

@@ -6,6 +6,14 @@
  *           (content checked), then sends the next request.
  *   stream  N connections; each writes SIZE-byte chunks continuously while
  *           reading the echo (content checked), at most WINDOW bytes in flight.
+ *   lines   framed request/response: each request is K pipelined 64-byte
+ *           messages (63 payload bytes + "\n") sent in ONE write; the
+ *           connection waits for all K echoed messages (content checked
+ *           byte for byte) before its next request.
+ *   len4    the same with 4-byte big-endian length-prefixed frames: a header
+ *           (value 64) + a 64-byte payload, 68 bytes a message.
+ *   In the framed modes -s is ignored (the request is K messages) and the
+ *   JSON line also gives messages/s ("mps" = K * req/s).
  *
  * Plain TCP or TLS (OpenSSL, no certificate verification: the load generator
  * measures servers, it does not test trust).  Prints one JSON line on stdout.
@@ -37,6 +45,11 @@
 #define READ_CHUNK 65536
 #define HIST_NS 100                       /* histogram bucket width */
 #define HIST_BUCKETS 2000000              /* 200 ms at 100 ns */
+#define MSG_PAYLOAD 64                    /* framed modes: 64-byte messages */
+#define MAX_K 4096
+
+enum { MODE_RR, MODE_STREAM, MODE_LINES, MODE_LEN4 };
+static const char *const mode_names[] = {"rr", "stream", "lines", "len4"};
 
 enum { ST_CONNECTING, ST_HANDSHAKE, ST_RUN, ST_DEAD };
 
@@ -60,9 +73,12 @@ static struct {
     double duration;
     double warmup;
     int stream;
+    int mode;
+    int k;               /* framed modes: messages per request */
+    size_t msg_len;      /* framed modes: bytes per message on the wire */
     int tls;
     size_t window;
-} opt = {"127.0.0.1", 0, 1, 1024, 3.0, 0.5, 0, 0, 0};
+} opt = {"127.0.0.1", 0, 1, 1024, 3.0, 0.5, 0, MODE_RR, 1, 0, 0, 0};
 
 static unsigned char *pattern;
 static unsigned char rbuf[READ_CHUNK];
@@ -98,14 +114,16 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: loadgen -p PORT [-H HOST] [-c CONNS] [-s SIZE] [-d SECONDS]\n"
-            "               [-w WARMUP] [-m rr|stream] [-W WINDOW] [-t] | -V\n");
+            "               [-w WARMUP] [-m rr|stream|lines|len4] [-k MSGS] [-W WINDOW]\n"
+            "               [-t] | -V\n");
     exit(2);
 }
 
 static void parse_args(int argc, char **argv)
 {
     int ch;
-    while ((ch = getopt(argc, argv, "H:p:c:s:d:w:m:W:tV")) != -1) {
+    int mode_ok = 1;
+    while ((ch = getopt(argc, argv, "H:p:c:s:d:w:m:k:W:tV")) != -1) {
         switch (ch) {
         case 'H': opt.host = optarg; break;
         case 'p': opt.port = atoi(optarg); break;
@@ -113,12 +131,27 @@ static void parse_args(int argc, char **argv)
         case 's': opt.size = (size_t)atol(optarg); break;
         case 'd': opt.duration = atof(optarg); break;
         case 'w': opt.warmup = atof(optarg); break;
-        case 'm': opt.stream = strcmp(optarg, "stream") == 0; break;
+        case 'm':
+            mode_ok = 0;
+            for (int m = 0; m < 4; m++)
+                if (strcmp(optarg, mode_names[m]) == 0) {
+                    opt.mode = m;
+                    mode_ok = 1;
+                }
+            break;
+        case 'k': opt.k = atoi(optarg); break;
         case 'W': opt.window = (size_t)atol(optarg); break;
         case 't': opt.tls = 1; break;
         case 'V': printf("%s\n", OpenSSL_version(OPENSSL_VERSION)); exit(0);
         default: usage();
         }
+    }
+    if (!mode_ok || opt.k <= 0 || opt.k > MAX_K)
+        usage();
+    opt.stream = opt.mode == MODE_STREAM;
+    if (opt.mode == MODE_LINES || opt.mode == MODE_LEN4) {
+        opt.msg_len = opt.mode == MODE_LINES ? MSG_PAYLOAD : 4 + MSG_PAYLOAD;
+        opt.size = opt.msg_len * (size_t)opt.k;
     }
     if (opt.port <= 0 || opt.conns <= 0 || opt.size == 0 || opt.duration <= 0)
         usage();
@@ -135,12 +168,50 @@ static void raise_nofile(void)
     }
 }
 
+static int framed(void)
+{
+    return opt.mode == MODE_LINES || opt.mode == MODE_LEN4;
+}
+
+/*
+ * Framed modes: PAT_PERIOD + K consecutive messages, each distinct (message m
+ * carries m % PAT_PERIOD), so request q is the K messages starting at message
+ * q % PAT_PERIOD, and its echo must be exactly those bytes.  Payload bytes
+ * are printable and never '\n'.
+ */
+static void init_framed_pattern(void)
+{
+    size_t count = PAT_PERIOD + (size_t)opt.k;
+    pattern = malloc(count * opt.msg_len);
+    if (!pattern)
+        die("malloc");
+    for (size_t m = 0; m < count; m++) {
+        unsigned char *msg = pattern + m * opt.msg_len;
+        unsigned char *payload = msg;
+        size_t plen = MSG_PAYLOAD - 1;
+        if (opt.mode == MODE_LEN4) {
+            msg[0] = msg[1] = msg[2] = 0;
+            msg[3] = MSG_PAYLOAD;
+            payload = msg + 4;
+            plen = MSG_PAYLOAD;
+        } else {
+            msg[MSG_PAYLOAD - 1] = '\n';
+        }
+        for (size_t i = 0; i < plen; i++)
+            payload[i] = (unsigned char)('!' + (m % PAT_PERIOD * 7 + i * 3) % 94);
+    }
+}
+
 static void init_pattern(void)
 {
+    hist = calloc(HIST_BUCKETS, sizeof *hist);
+    if (!hist)
+        die("malloc");
+    if (framed())
+        return init_framed_pattern();
     size_t len = PAT_PERIOD + (opt.size > READ_CHUNK ? opt.size : READ_CHUNK);
     pattern = malloc(len);
-    hist = calloc(HIST_BUCKETS, sizeof *hist);
-    if (!pattern || !hist)
+    if (!pattern)
         die("malloc");
     for (size_t i = 0; i < len; i++)
         pattern[i] = (unsigned char)(i % PAT_PERIOD * 7 + 13);
@@ -255,7 +326,7 @@ static void record(uint64_t t_done, uint64_t latency_ns, uint64_t bytes)
 static int drive_rr(conn_t *c, int readable)
 {
     for (;;) {
-        const unsigned char *req = pattern + c->seq % PAT_PERIOD;
+        const unsigned char *req = pattern + c->seq % PAT_PERIOD * (framed() ? opt.msg_len : 1);
         if (c->sent < opt.size) {
             ssize_t n = io_write(c, req + c->sent, opt.size - c->sent);
             if (n < 0)
@@ -449,11 +520,15 @@ static void report(double secs)
     double mib = (double)measured_bytes / secs / 1048576.0;
     if (opt.stream)
         rps = 0;
+    int k = framed() ? opt.k : 1;
     printf("{\"mode\": \"%s\", \"tls\": %s, \"conns\": %d, \"size\": %zu, "
+           "\"k\": %d, \"msg_len\": %zu, \"messages\": %llu, \"mps\": %.1f, "
            "\"seconds\": %.3f, \"requests\": %llu, \"bytes\": %llu, \"rps\": %.1f, "
            "\"mibps\": %.2f, \"p50_us\": %.2f, \"p99_us\": %.2f, \"errors\": %llu, "
            "\"mismatches\": %llu, \"cpu_pct\": %.1f}\n",
-           opt.stream ? "stream" : "rr", opt.tls ? "true" : "false", opt.conns, opt.size,
+           mode_names[opt.mode], opt.tls ? "true" : "false", opt.conns, opt.size,
+           k, framed() ? opt.msg_len : opt.size, (unsigned long long)(measured_requests * (uint64_t)k),
+           rps * k,
            secs, (unsigned long long)measured_requests, (unsigned long long)measured_bytes,
            rps, mib, opt.stream ? 0.0 : percentile(0.50), opt.stream ? 0.0 : percentile(0.99),
            (unsigned long long)errors, (unsigned long long)mismatches,
