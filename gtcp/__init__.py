@@ -27,6 +27,7 @@ from ._errors import (
     ConfigError,
     ConnectError,
     Error,
+    FrameTooLongError,
     ListenerError,
     PeerClosedError,
     ReadTimeoutError,
@@ -34,6 +35,7 @@ from ._errors import (
     WriteError,
     WriteTimeoutError,
 )
+from ._framing import Codec, Delimited, FixedSize, LengthPrefixed, Lines
 from ._listener import Listener
 from ._service import ConnectionService, Service
 from ._tls import TLSInfo
@@ -45,11 +47,17 @@ __all__ = [
     "Client",
     "ClientSecureSocket",
     "ClosedError",
+    "Codec",
     "ConfigError",
     "ConnectError",
     "ConnectionService",
+    "Delimited",
     "Error",
+    "FixedSize",
+    "FrameTooLongError",
     "KeyStore",
+    "LengthPrefixed",
+    "Lines",
     "ListenerError",
     "ListenerSecureSocket",
     "Listener",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from ._errors import Error
+from ._framing import Codec, check_codec
 from ._io import Stream
 
 if TYPE_CHECKING:
@@ -62,15 +64,42 @@ class Caller:
         return self._stream.closed or self._stream.eof
 
     def write_bytes(self, data: bytes | bytearray | memoryview) -> None:
-        """Send the whole of *data* to the peer, or raise.
+        """Send the whole of *data* to the peer, raw (never framed), or raise.
 
         Raises ``ClosedError`` if the connection is closed, ``WriteError`` if
         the OS refuses the write, ``WriteTimeoutError`` if the peer does not
         take the bytes within the listener's ``write_timeout`` (the
         connection is then closed). Writes from several greenlets never
-        interleave. Errors raised here are not also passed to ``on_error``.
+        interleave, and replies queued for earlier frames go out first.
+        Errors raised here are not also passed to ``on_error``.
         """
         self._stream.write(data)
+
+    def write_frame(self, frame: Any) -> None:
+        """Encode *frame* with the connection's framing and send it, or raise.
+
+        Raises ``gtcp.Error`` when the connection has no framing, whatever
+        the codec's ``encode`` raises for a frame it cannot encode, and the
+        errors of :meth:`write_bytes`.
+        """
+        codec = self._stream.codec
+        if codec is None:
+            raise Error("write_frame() needs framing: set framing= on the Listener or caller.framing")
+        self._stream.write(codec.encode(frame))
+
+    @property
+    def framing(self) -> Codec | None:
+        """The codec that cuts what the peer sends into frames, or ``None`` (raw chunks).
+
+        Set it during a callback to switch codec for the bytes that follow,
+        the ones already buffered included; what that callback returns is
+        encoded with the codec in effect when it returns.
+        """
+        return self._stream.codec  # type: ignore[no-any-return]
+
+    @framing.setter
+    def framing(self, codec: Codec | None) -> None:
+        self._stream.codec = check_codec(codec, "framing")
 
     def close(self) -> None:
         """Close the connection gracefully; idempotent. ``on_close`` runs once."""

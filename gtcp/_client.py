@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent.socket
 from gevent import Timeout
 from gevent.lock import Semaphore
 
-from ._errors import ConfigError, ConnectError, PeerClosedError
-from ._io import STREAMING_CHUNK, Stream, handshake, reason, seconds
+from ._errors import ConfigError, ConnectError, Error, PeerClosedError
+from ._framing import DEFAULT_MAX_LENGTH, Codec, Delimited, Lines, check_codec
+from ._io import Stream, handshake, reason, seconds
 
 if TYPE_CHECKING:
     from ._tls import TLSInfo
@@ -19,6 +21,9 @@ __all__ = ["Client"]
 
 #: Seconds a read or a write may wait (Ballerina's default for both).
 DEFAULT_TIMEOUT = 300.0
+
+#: read_line()'s decoder at the default limit, made once.
+_LINES = Lines()
 
 #: Seconds to establish the TCP connection.
 DEFAULT_CONNECT_TIMEOUT = 30.0
@@ -49,13 +54,19 @@ class Client:
         write_timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         secure_socket: Any = None,
+        framing: Codec | None = None,
+        **options: Any,
     ) -> None:
+        if options:
+            # The Listener's rule too: an unknown option is a ConfigError.
+            raise ConfigError(f"Unknown client option(s): {', '.join(sorted(options))}")
         if not isinstance(remote_host, str) or not remote_host.strip():
             raise ConfigError(f"remote_host must be a non-empty str, got {remote_host!r}")
         if isinstance(remote_port, bool) or not isinstance(remote_port, int) or not 0 < remote_port <= 65535:
             raise ConfigError(f"remote_port must be an int from 1 to 65535, got {remote_port!r}")
         if local_host is not None and not isinstance(local_host, str):
             raise ConfigError(f"local_host must be a str or None, got {local_host!r}")
+        codec = check_codec(framing, "framing")
         self._timeout = seconds(timeout, "timeout")
         write_deadline = seconds(write_timeout, "write_timeout")
         connect_deadline = seconds(connect_timeout, "connect_timeout")
@@ -71,13 +82,12 @@ class Client:
         self.remote_port = remote_port
         self._read_lock = Semaphore(1)
         self._peer_error: PeerClosedError | None = None
-        self._wait_first = True  # see STREAMING_CHUNK
         self._secure_socket: Any = None  # set while a TLS 1.3 session waits to be saved
         self._context: Any = None
         gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
         if secure is not None:
             gsock = self._secure(gsock, secure, context)
-        self._stream = Stream(gsock, write_deadline)
+        self._stream = Stream(gsock, write_deadline, codec)
 
     def _secure(self, gsock: Any, secure: Any, context: Any) -> Any:
         from ._tls import SESSIONS, handshake_timeout
@@ -107,8 +117,16 @@ class Client:
         """
         self._stream.write(data)
 
+    def write_frame(self, frame: Any) -> None:
+        """Encode *frame* with the client's framing and send it, or raise.
+
+        ``gtcp.Error`` without framing; whatever the codec's ``encode``
+        raises for a frame it cannot encode; else as :meth:`write_bytes`.
+        """
+        self._stream.write(self._codec("write_frame").encode(frame))
+
     def read_bytes(self) -> bytes:
-        """One read: 1 to 65536 bytes, whatever has arrived.
+        """One read: 1 to 65536 bytes, whatever has arrived (buffered bytes first).
 
         ``ReadTimeoutError`` if nothing arrived within ``timeout`` (nothing is
         consumed; read again). ``PeerClosedError`` once the server ended the
@@ -116,17 +134,104 @@ class Client:
         ``close()``.
         """
         with self._read_lock:
-            if self._peer_error is not None and not self._stream.closed:
-                raise PeerClosedError(str(self._peer_error)) from self._peer_error.__cause__
+            self._check_peer()
             try:
-                data = self._stream.read(self._timeout, self._wait_first)
+                data = self._stream.read(self._timeout)
             except PeerClosedError as exc:
                 self._peer_error = exc
                 raise
-        self._wait_first = len(data) < STREAMING_CHUNK
         if self._secure_socket is not None:
             self._remember_session()
         return data
+
+    def read_frame(self) -> Any:
+        """The next frame, decoded by the client's framing (``framing=``).
+
+        ``gtcp.Error`` without framing. One deadline, ``timeout``, for the
+        whole call; on ``ReadTimeoutError`` or ``FrameTooLongError`` nothing
+        is consumed and the client stays open. An EOF in the middle of a
+        frame raises ``PeerClosedError`` with the bytes left as ``partial``.
+        """
+        return self._read_decoded(self._codec("read_frame").decode)
+
+    def read_exactly(self, n: int) -> bytes:
+        """Exactly *n* bytes (whatever the framing), under one deadline for the call.
+
+        As :meth:`read_frame` for timeouts and EOF.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"n must be an int >= 0, got {n!r}")
+
+        def exactly(buffer: bytes | bytearray, start: int) -> tuple[bytes, int] | None:
+            end = start + n
+            return (bytes(buffer[start:end]), end) if len(buffer) >= end else None
+
+        return b"" if n == 0 else self._read_decoded(exactly)
+
+    def read_until(self, delimiter: bytes, max_length: int = DEFAULT_MAX_LENGTH) -> bytes:
+        """The bytes up to and including *delimiter*, under one deadline for the call.
+
+        ``FrameTooLongError`` (nothing consumed) if more than *max_length*
+        bytes come before the delimiter. As :meth:`read_frame` for timeouts
+        and EOF.
+        """
+        if not isinstance(delimiter, bytes) or not delimiter:
+            raise ConfigError(f"delimiter must be non-empty bytes, got {delimiter!r}")
+        decode = Delimited(delimiter, max_length).decode
+
+        def until(buffer: bytes | bytearray, start: int) -> tuple[bytes, int] | None:
+            found = decode(buffer, start)
+            return None if found is None else (bytes(buffer[start:found[1]]), found[1])
+
+        return self._read_decoded(until)  # type: ignore[no-any-return]
+
+    def read_line(self, max_length: int = DEFAULT_MAX_LENGTH) -> bytes:
+        """The next line with its ending (``b"\n"`` or ``b"\r\n"``), under one deadline.
+
+        *max_length* counts the line's bytes before its ending;
+        ``FrameTooLongError`` (nothing consumed) beyond it. As
+        :meth:`read_frame` for timeouts and EOF.
+        """
+        decode = (_LINES if max_length == DEFAULT_MAX_LENGTH else Lines(max_length)).decode
+
+        def line(buffer: bytes | bytearray, start: int) -> tuple[bytes, int] | None:
+            found = decode(buffer, start)
+            return None if found is None else (bytes(buffer[start:found[1]]), found[1])
+
+        return self._read_decoded(line)  # type: ignore[no-any-return]
+
+    def _read_decoded(self, decode: Callable[[Any, int], tuple[Any, int] | None]) -> Any:
+        with self._read_lock:
+            self._check_peer()
+            try:
+                frame = self._stream.read_decoded(decode, self._timeout)
+            except PeerClosedError as exc:
+                # Later reads raise the plain error: the partial bytes were handed over.
+                self._peer_error = PeerClosedError() if exc.partial else exc
+                raise
+        if self._secure_socket is not None:
+            self._remember_session()
+        return frame
+
+    def _check_peer(self) -> None:
+        error = self._peer_error
+        if error is not None and not self._stream.closed:
+            raise PeerClosedError(str(error)) from error.__cause__
+
+    def _codec(self, what: str) -> Codec:
+        codec = self._stream.codec
+        if codec is None:
+            raise Error(f"{what}() needs framing: pass framing= to Client (or set client.framing)")
+        return codec  # type: ignore[no-any-return]
+
+    @property
+    def framing(self) -> Codec | None:
+        """The codec of ``read_frame``/``write_frame``, or ``None``; may be changed."""
+        return self._stream.codec  # type: ignore[no-any-return]
+
+    @framing.setter
+    def framing(self, codec: Codec | None) -> None:
+        self._stream.codec = check_codec(codec, "framing")
 
     def _remember_session(self) -> None:
         """Save a TLS 1.3 session once its ticket arrived (after a read)."""

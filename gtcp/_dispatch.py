@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gevent import Timeout, get_hub, getcurrent
+from gevent import Timeout, get_hub
 from gevent.event import Event
 
 from ._caller import Caller
@@ -31,13 +32,13 @@ from ._errors import (
     SEND_FAILED_MESSAGE,
     ClosedError,
     Error,
+    FrameTooLongError,
     PeerClosedError,
     ReadTimeoutError,
     TLSError,
     WriteError,
-    WriteTimeoutError,
 )
-from ._io import LINGER_SECONDS, READ_SIZE, STREAMING_CHUNK, Interrupted, Stream, handshake, switch_to
+from ._io import LINGER_SECONDS, Stream, handshake
 from ._service import Callbacks, resolve
 
 __all__ = ["Connection", "ServeConfig"]
@@ -62,6 +63,61 @@ _CLOSE = object()
 _DISCARD = Callbacks(_discard, False, None, None)
 
 
+def _reply_bytes(caller: Caller, codec: Any, result: object) -> object:
+    """What to send for an ``on_bytes`` result other than plain bytes.
+
+    The bytes (encoded by *codec* when framing is on), None for nothing
+    (a returned ``gtcp.Error`` is logged), or ``_CLOSE`` for a result that
+    cannot be sent (logged; the connection closes).
+    """
+    if isinstance(result, Error):
+        log.error("on_bytes of connection %s returned an error: %s", caller.id, result)
+        return None
+    if codec is not None:
+        try:
+            return codec.encode(result)
+        except Exception as exc:
+            log.error("on_bytes of connection %s returned a reply the framing cannot encode; "
+                      "closing it: %s", caller.id, exc)
+            return _CLOSE
+    if isinstance(result, (bytearray, memoryview)):
+        return result
+    try:
+        return memoryview(result)  # type: ignore[arg-type]
+    except TypeError:
+        log.error(
+            "on_bytes of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
+            caller.id, type(result).__name__,
+        )
+        return _CLOSE
+
+
+#: Service classes already warned about on_connect returning None.
+_WARNED_NONE: set[type] = set()
+
+
+def _warn_no_connection_service(service: object) -> None:
+    """Log once per Service class that on_connect returned None (a forgotten ``return``?)."""
+    cls = type(service)
+    if cls in _WARNED_NONE:
+        return
+    if len(_WARNED_NONE) > 4096:  # classes made on the fly: do not grow forever
+        _WARNED_NONE.clear()
+    _WARNED_NONE.add(cls)
+    log.warning("%s.on_connect returned None: the connection has no ConnectionService and what the "
+                "peer sends is discarded (did on_connect forget to return one?); logged once per class",
+                cls.__name__)
+
+
+def _send_failure(exc: Error) -> Error:
+    """The error on_error gets when a reply could not be sent (API section 4)."""
+    if isinstance(exc, WriteError):
+        failure = WriteError(SEND_FAILED_MESSAGE)
+        failure.__cause__ = exc
+        return failure
+    return exc
+
+
 @dataclass
 class ServeConfig:
     """What every connection of one listener run shares."""
@@ -71,6 +127,7 @@ class ServeConfig:
     handshake_timeout: float | None
     write_timeout: float | None
     idle_timeout: float | None
+    framing: Any = None
     connections: set[Connection] = field(default_factory=set)
     idle_event: Event = field(default_factory=Event)
 
@@ -165,7 +222,7 @@ class Connection:
                 return
             finally:
                 self._handshaking = None
-        stream = self.stream = Stream(gsock, cfg.write_timeout)
+        stream = self.stream = Stream(gsock, cfg.write_timeout, cfg.framing)
         if self.aborted:
             return
         try:
@@ -192,6 +249,8 @@ class Connection:
             log.exception("on_connect of %s raised; closing connection %s", type(service).__name__, caller.id)
             return None
         if result is None:
+            _warn_no_connection_service(service)
+            caller.framing = None  # discarded bytes need no framing (nor its limits)
             return _DISCARD
         if isinstance(result, Error):
             log.error("on_connect of %s returned an error; closing connection %s: %s",
@@ -225,145 +284,115 @@ class Connection:
             log.exception("%s of connection %s raised", name, caller.id)
 
     def _read_loop(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Error | None:
-        """Deliver chunks until the connection ends; the error for on_error, if any."""
-        if stream.sslobj is None:
-            return self._plain_loop(stream, caller, callbacks)
-        on_bytes = callbacks.on_bytes
-        with_caller = callbacks.on_bytes_with_caller
+        """Deliver chunks or frames until the connection ends; the error for on_error, if any.
+
+        The one delivery path, plain and TLS alike. Each pass either delivers
+        what the buffer already holds (a whole frame, or raw bytes left by a
+        switch of ``caller.framing``) or, when the buffer holds no whole
+        frame, sends the replies queued so far and reads the socket once.
+        A chunk read while no framing is on and nothing is buffered is
+        delivered as it is, without touching the buffer.
+        """
+        deliver = self._deliverer(stream, caller, callbacks)
         track = self._idle_timer is not None
         loop = get_hub().loop
-        wait_first = True
         while True:
+            codec = stream.codec
+            if stream.rpos < len(stream.rbuf):
+                if codec is None:
+                    outcome = deliver(stream.take())
+                    if outcome is not None:
+                        return None if outcome is _CLOSE else outcome  # type: ignore[return-value]
+                    continue
+                try:
+                    found = codec.decode(stream.rbuf, stream.rpos)
+                except FrameTooLongError as exc:
+                    return self._flush(stream) or exc
+                except Exception:
+                    log.exception("the framing codec of connection %s raised; closing it", caller.id)
+                    return None
+                if found is not None:
+                    frame, end = found
+                    stream.consume(end)
+                    outcome = deliver(frame)
+                    if outcome is not None:
+                        return None if outcome is _CLOSE else outcome  # type: ignore[return-value]
+                    continue
+            # No whole frame buffered: send what earlier frames produced
+            # (never delay a reply while waiting), then read once.
+            if stream.queued:
+                failure = self._flush(stream)
+                if failure is not None:
+                    return failure
+            if track:
+                self._last_read = loop.now()  # busy until now, idle from here
             try:
-                data = stream.read(None, wait_first)
+                data = stream.recv(None)
             except ClosedError:
                 if self._idle_false_alarm(stream):
                     continue
                 return ReadTimeoutError() if self.idle_expired else None
             except PeerClosedError as exc:
+                if stream.rpos < len(stream.rbuf) and exc.__cause__ is None:
+                    # EOF in the middle of a frame (framing is on: raw bytes
+                    # would have been delivered).
+                    return PeerClosedError.mid_frame(stream.take(stream.buffered))
                 # EOF (no cause) is the natural end; a reset is reported.
                 return exc if exc.__cause__ is not None else None
             except TLSError as exc:
                 return exc
-            wait_first = len(data) < STREAMING_CHUNK
-            if track:
-                self._last_read = loop.now()
-            try:
-                result = on_bytes(caller, data) if with_caller else on_bytes(data)
-            except _HANDLER_FAILURES:
-                log.exception("on_bytes of connection %s raised; closing it", caller.id)
-                return None
-            if track:  # time inside the callback was busy, not idle
-                self._last_read = loop.now()
-            if result is not None:
-                outcome = self._handle_result(stream, caller, result)
+            if codec is None and stream.rpos >= len(stream.rbuf):
+                outcome = deliver(data)
                 if outcome is not None:
                     return None if outcome is _CLOSE else outcome  # type: ignore[return-value]
+            else:
+                stream.feed(data)
 
-    def _plain_loop(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Error | None:
-        """The hot path, plain TCP: the generic loop with the stream's steps inlined.
+    def _deliverer(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Callable[[Any], object]:
+        """The per-chunk/per-frame function: call ``on_bytes``, send or queue its reply.
 
-        After a small chunk the socket is most likely drained, so the loop
-        waits for readiness *first* instead of making a recv that fails (an
-        exception per chunk); after a big one it reads again at once (see
-        ``STREAMING_CHUNK``). It also waits before the first read: a new peer
-        has rarely sent yet. A reply that fits the socket buffer is sent
-        with one ``send``; anything else goes through ``Stream.write``.
+        Returns None to go on, an Error for ``on_error``, or ``_CLOSE``. A
+        reply is sent at once when nothing more is known to be waiting (the
+        buffer is empty and the last read was short); otherwise it is queued
+        and goes out with the replies to the frames after it.
         """
         on_bytes = callbacks.on_bytes
         with_caller = callbacks.on_bytes_with_caller
-        track = self._idle_timer is not None
-        loop = get_hub().loop
-        # The raw socket itself, not its bound methods: a method call costs
-        # the same, and an idle connection then holds three objects fewer.
-        raw = stream.raw
-        # Stream._wait, inlined: a wait per request is the one Python
-        # detour the hot path cannot avoid, so it is kept to its bones.
-        rwatch = stream.read_watcher
-        hub = get_hub()
-        me = getcurrent().switch
-        wait = True
-        read_size = READ_SIZE
-        streaming_chunk = STREAMING_CHUNK
-        while True:
-            if wait and not (stream.closed or self.idle_expired) and raw.fileno() >= 0:
-                rwatch.start(me)
-                try:
-                    switch_to(hub)
-                except (Interrupted, OSError):
-                    pass  # a close, a stop or the idle timer: see below
-                finally:
-                    rwatch.stop()
-            # Checked on every pass, not only after a wait: a close (or a stop)
-            # must end the loop even while a peer keeps streaming big chunks.
-            if stream.closed or self.idle_expired:
-                if self._idle_false_alarm(stream):
-                    wait = True
-                    continue
-                return ReadTimeoutError() if self.idle_expired else None
+
+        def deliver(frame: Any) -> object:
             try:
-                data = raw.recv(read_size)
-            except BlockingIOError:
-                wait = True
-                continue
-            except OSError as exc:
-                return stream.read_failed(exc)
-            if not data:
-                stream.eof = True
-                return None
-            wait = len(data) < streaming_chunk
-            if track:
-                self._last_read = loop.now()
-            try:
-                result = on_bytes(caller, data) if with_caller else on_bytes(data)
+                result = on_bytes(caller, frame) if with_caller else on_bytes(frame)
             except _HANDLER_FAILURES:
                 log.exception("on_bytes of connection %s raised; closing it", caller.id)
-                return None
-            if track:  # time inside the callback was busy, not idle
-                self._last_read = loop.now()
+                return _CLOSE
             if result is None:
-                continue
-            if type(result) is bytes and not stream.closed and (
-                stream.wlock is None or not stream.wlock.locked()
-            ):
-                try:
-                    sent = raw.send(result)
-                except OSError:
-                    sent = 0  # Stream.write below retries and reports it properly
-                if sent == len(result):
-                    continue
-                result = memoryview(result)[sent:]
-            outcome = self._handle_result(stream, caller, result)
-            if outcome is not None:
-                return None if outcome is _CLOSE else outcome  # type: ignore[return-value]
-
-    def _handle_result(self, stream: Stream, caller: Caller, result: object) -> object:
-        """Act on what on_bytes returned: None to go on, an Error to report, or _CLOSE."""
-        if isinstance(result, (bytes, bytearray, memoryview)):
-            return self._write_back(stream, result)
-        if isinstance(result, Error):
-            log.error("on_bytes of connection %s returned an error: %s", caller.id, result)
+                return None
+            codec = stream.codec  # the codec in effect when on_bytes returned
+            if type(result) is bytes and codec is None:
+                data: Any = result
+            else:
+                data = _reply_bytes(caller, codec, result)
+                if data is None:
+                    return None
+                if data is _CLOSE:
+                    return _CLOSE
+            try:
+                if stream.drained and stream.rpos >= len(stream.rbuf):
+                    stream.write(data)
+                else:
+                    stream.queue(data)
+            except Error as exc:
+                return _send_failure(exc)
             return None
-        try:
-            view = memoryview(result)  # type: ignore[arg-type]
-        except TypeError:
-            log.error(
-                "on_bytes of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
-                caller.id, type(result).__name__,
-            )
-            return _CLOSE
-        return self._write_back(stream, view)
+
+        return deliver
 
     @staticmethod
-    def _write_back(stream: Stream, result: Any) -> Error | None:
+    def _flush(stream: Stream) -> Error | None:
         try:
-            stream.write(result)
-        except (ClosedError, WriteTimeoutError) as exc:
-            return exc
-        except WriteError as exc:
-            failure = WriteError(SEND_FAILED_MESSAGE)
-            failure.__cause__ = exc
-            return failure
+            stream.flush()
+        except Error as exc:
+            return _send_failure(exc)
         return None
 
     # -- idle timeout --------------------------------------------------------

@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "Error",
+    "FrameTooLongError",
     "ListenerError",
     "PeerClosedError",
     "ReadTimeoutError",
@@ -92,10 +93,39 @@ class PeerClosedError(Error, ConnectionError):
     On EOF the message is ``"Connection closed by the server."``; on a reset,
     the operating system's reason. Once raised, every later read raises it
     again: a read never returns ``b""``.
+
+    When the EOF came in the middle of a frame (``read_exactly``,
+    ``read_until``, ``read_line``, ``read_frame``, or a listener's framing),
+    the message also says how many bytes of the incomplete frame were left,
+    and ``partial`` holds them; it is ``b""`` on every other
+    ``PeerClosedError``.
     """
 
-    def __init__(self, message: str = PEER_CLOSED_MESSAGE) -> None:
+    def __init__(self, message: str = PEER_CLOSED_MESSAGE, partial: bytes = b"") -> None:
         super().__init__(message)
+        self.partial = partial
+
+    @classmethod
+    def mid_frame(cls, partial: bytes) -> PeerClosedError:
+        """The EOF error for a frame left incomplete by *partial* bytes."""
+        return cls(f"{PEER_CLOSED_MESSAGE} {len(partial)} byte(s) of an incomplete frame were left.",
+                   partial)
+
+
+class FrameTooLongError(Error, ValueError):
+    """A frame is longer than the codec's ``max_length`` (the message names it).
+
+    Raised by a codec as soon as the buffered bytes (or a length header) show
+    it, so memory stays bounded. A client read that raises it consumes
+    nothing and the client stays open; on a listener it goes to
+    ``on_error`` and the connection closes. ``limit`` is the limit that was
+    exceeded. Also raised when a frame cannot be encoded (a length header too
+    small for it).
+    """
+
+    def __init__(self, message: str, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class ReadTimeoutError(Error, TimeoutError):

@@ -7,7 +7,7 @@ gevent's socket methods are convenient but costly on the hot path: ``recv``
 first makes a non-blocking ``recv`` that fails with ``EAGAIN`` (an exception
 with its message formatted) before it waits, ``sendall`` makes a
 ``getsockopt`` call each time, and arming a ``gevent.Timeout`` around every
-write costs a fifth of an echo server's throughput (see NOTES.md). A
+write costs a fifth of an echo server's throughput (measured). A
 :class:`Stream` therefore drives the *raw* non-blocking socket (or, for TLS,
 the C-level ``_ssl._SSLSocket`` object) itself and waits on the two io
 watchers the gevent socket already owns, so an open connection costs no extra
@@ -15,10 +15,22 @@ watcher:
 
 * a read tries ``recv`` once; only when that would block does it wait for
   readiness, and only then is a deadline armed;
-* a read loop that just saw a short read knows the socket is drained and
-  waits for readiness *first* (``read(wait_first=True)``);
+* after a short read the socket is most likely drained, so the next read
+  waits for readiness *first* (see ``STREAMING_CHUNK``);
 * a write tries ``send`` once; only when the kernel buffer is full does it
   take the write lock's slow path, arm the write deadline and wait.
+
+The stream owns the connection's one read buffer (``rbuf`` from ``rpos`` on):
+codecs decode frames out of it, the client's ``read_exactly``/``read_until``
+read from it, and ``read`` hands out what is buffered before it reads the
+socket again, so mixing them never loses or reorders a byte. Replies to
+pipelined frames are queued (:meth:`Stream.queue`) and sent together by
+:meth:`Stream.flush`, or by the next :meth:`Stream.write`, which keeps their
+order with writes made directly.
+
+The socket, its watchers and its TLS object are bound by :meth:`Stream._bind`,
+not fixed for the stream's life, so that a connection can change layers
+(STARTTLS) under the same stream.
 
 Closing never turns unsent data into a reset. Linux answers a ``close()`` of a
 socket with unread input by a RST, and the peer then loses whatever it had not
@@ -29,8 +41,9 @@ then discards what the peer still sends until its EOF or for at most
 ``LINGER_SECONDS``, and only then closes the descriptor.
 
 gevent private attributes used here (``_sock``, ``_read_event``,
-``_write_event``, ``_sslobj``) have been stable since gevent 20; the tests pin
-them so an upgrade that moves them fails loudly instead of silently slowing.
+``_write_event``, ``_sslobj``) have been stable since gevent 20;
+``tests/test_stream.py`` checks them, so an upgrade that moves them fails
+loudly instead of silently slowing.
 """
 
 from __future__ import annotations
@@ -60,21 +73,26 @@ if TYPE_CHECKING:
     from ._tls import TLSInfo
 
 __all__ = [
-    "LINGER_SECONDS", "READ_SIZE", "STREAMING_CHUNK", "Interrupted", "Stream", "handshake", "reason", "seconds",
-    "switch_to",
+    "LINGER_SECONDS", "READ", "READ_SIZE", "STREAMING_CHUNK", "WRITE", "Interrupted", "Stream", "handshake",
+    "reason", "seconds", "switch_to",
 ]
 
 
-#: Largest chunk one read returns (API.md: "up to 64 KiB").
+#: Largest chunk one read returns (API: "up to 64 KiB").
 READ_SIZE = 65536
 
 #: A chunk at least this big suggests a peer streaming a large message: more
 #: is probably already in the socket, so the next recv is tried at once. After
 #: a smaller chunk the socket is most likely drained (request/response
-#: traffic), so the loop waits for readiness first and saves a failing recv.
-#: Measured: waiting first after every short read cost 20% of throughput with
-#: 64 KiB messages; trying first after small ones costs an exception per chunk.
+#: traffic), so the next read waits for readiness first and saves a failing
+#: recv. Measured: waiting first after every short read cost 20% of
+#: throughput with 64 KiB messages; trying first after small ones costs an
+#: exception per chunk.
 STREAMING_CHUNK = 8192
+
+#: Replies queued for pipelined frames are sent once they reach this size,
+#: even if more frames are waiting: coalescing saves system calls, not memory.
+QUEUE_LIMIT = 65536
 
 #: How long a closed connection keeps reading (and discarding) what the peer
 #: still sends, so that the close is not turned into a reset. Apache's
@@ -83,6 +101,10 @@ LINGER_SECONDS = 2.0
 
 #: Bound on flushing a TLS close_notify to a peer that does not read.
 CLOSE_NOTIFY_SECONDS = 1.0
+
+#: libev event masks, for the io watchers.
+READ = 1
+WRITE = 2
 
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError)
 
@@ -180,6 +202,8 @@ class Stream:
         "_hub",
         "_notify_pending",
         "_others",
+        "_out",
+        "_out_size",
         "_raw",
         "_rtimer",
         "_rwatch",
@@ -187,20 +211,18 @@ class Stream:
         "_wtimer",
         "_wwatch",
         "closed",
+        "codec",
+        "drained",
         "eof",
+        "rbuf",
+        "rpos",
         "wlock",
         "write_timeout",
     )
 
-    def __init__(self, gsock: Any, write_timeout: float | None) -> None:
-        self._gsock = gsock
+    def __init__(self, gsock: Any, write_timeout: float | None, codec: Any = None) -> None:
         self._hub = get_hub()
-        raw = gsock._sock
-        self._raw = raw
-        self._rwatch = gsock._read_event
-        self._wwatch = gsock._write_event
-        sslobj = getattr(gsock, "_sslobj", None)
-        self._sslobj = sslobj
+        self._bind(gsock)
         #: Serialises slow writes; made at the first write that has to wait.
         #: Nobody mid-write when it is None or unlocked (the fast path's test).
         self.wlock: Semaphore | None = None
@@ -208,68 +230,137 @@ class Stream:
         self._notify_pending = False  # a close_notify that did not fit yet
         self._rtimer: Timeout | None = None  # deadlines, made at the first wait
         self._wtimer: Timeout | None = None
+        #: Replies queued by the dispatcher, sent by flush() or the next write().
+        self._out: list[Any] = []
+        self._out_size = 0
+        #: The read buffer: bytes not yet consumed are ``rbuf[rpos:]``.
+        self.rbuf: bytes | bytearray = b""
+        self.rpos = 0
+        #: The framing codec in effect (None: raw chunks).
+        self.codec = codec
+        #: True when the last read was short: the socket is most likely empty,
+        #: so the next read waits for readiness first (see STREAMING_CHUNK). A
+        #: new peer has rarely sent yet, so it starts True.
+        self.drained = True
         #: True once close() ran: every later operation raises ClosedError.
         self.closed = False
         #: True once the peer's EOF was read.
         self.eof = False
         self.write_timeout = write_timeout
 
+    def _bind(self, gsock: Any) -> None:
+        """Use *gsock* (a gevent socket or SSLSocket) from now on."""
+        self._gsock = gsock
+        self._raw = gsock._sock
+        self._rwatch = gsock._read_event
+        self._wwatch = gsock._write_event
+        self._sslobj = getattr(gsock, "_sslobj", None)
+
+    # -- the read buffer -----------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes were read from the socket but not consumed yet."""
+        return len(self.rbuf) - self.rpos
+
+    def feed(self, data: bytes) -> None:
+        """Append *data* to the read buffer (amortised: no quadratic copying).
+
+        An empty buffer simply becomes *data* (no copy). Otherwise the
+        leftover moves into a ``bytearray`` once, and consumed bytes at its
+        front are dropped only when they are more than half of it.
+        """
+        buf = self.rbuf
+        pos = self.rpos
+        if pos >= len(buf):
+            self.rbuf = data
+            self.rpos = 0
+        elif type(buf) is bytes:
+            grown = bytearray(memoryview(buf)[pos:])
+            grown += data
+            self.rbuf = grown
+            self.rpos = 0
+        else:
+            assert isinstance(buf, bytearray)
+            if pos > len(buf) >> 1:
+                del buf[:pos]  # O(1) in CPython: the start pointer moves
+                self.rpos = 0
+            buf += data
+
+    def consume(self, end: int) -> None:
+        """Mark the buffer consumed up to offset *end*."""
+        if end >= len(self.rbuf):
+            self.rbuf = b""
+            self.rpos = 0
+        else:
+            self.rpos = end
+
+    def take(self, size: int = READ_SIZE) -> bytes:
+        """Up to *size* buffered bytes, consumed."""
+        pos = self.rpos
+        end = min(len(self.rbuf), pos + size)
+        data = bytes(self.rbuf[pos:end])
+        self.consume(end)
+        return data
+
     # -- reading ---------------------------------------------------------
 
-    def read(self, timeout: float | None, wait_first: bool = False) -> bytes:
-        """Return 1..READ_SIZE bytes, whatever has arrived.
+    def read(self, timeout: float | None) -> bytes:
+        """Return 1..READ_SIZE bytes: what is buffered, else whatever arrives.
 
         Raises ``PeerClosedError`` on EOF or reset, ``ReadTimeoutError`` when
         nothing arrived within *timeout* (nothing is consumed), ``ClosedError``
         when the stream was closed, ``TLSError`` for a TLS alert.
-        With *wait_first*, waits for readiness before the first attempt (the
-        caller knows its last read drained the socket). One deadline covers
-        the whole call; it is armed only once the read has to wait.
+        """
+        if self.rpos < len(self.rbuf):
+            return self.take()
+        return self.recv(timeout)
+
+    def recv(self, timeout: float | None) -> bytes:
+        """One read from the socket (the buffer is not looked at); see :meth:`read`.
+
+        After a short read it waits for readiness before the first attempt
+        (``drained``). One deadline covers the whole call; it is armed only
+        once the read has to wait.
         """
         if self.closed:
             raise ClosedError()
         timer = None
         try:
-            if wait_first and (self._sslobj is None or not self._sslobj.pending()):
+            sslobj = self._sslobj
+            if self.drained and (sslobj is None or not sslobj.pending()):
                 # Nothing buffered inside OpenSSL either: the socket decides.
-                timer = self._arm_read(timeout)
+                if timeout:
+                    timer = self._arm_read(timeout)
                 self._wait(self._rwatch)
-            # Bound here, not kept on the stream: an idle connection holds
-            # no more objects than it needs.
-            recv: Callable[[int], bytes] = (
-                self._sslobj.read if self._sslobj is not None else self._raw.recv
-            )
             while True:
                 # The waits happen outside the except clauses: waiting inside
                 # one would keep the exception and its traceback alive for as
                 # long as the connection is idle (half a KiB per connection).
                 want = 0
                 try:
-                    data = recv(READ_SIZE)
+                    data = self._raw.recv(READ_SIZE) if sslobj is None else sslobj.read(READ_SIZE)
                 except _WOULD_BLOCK:
-                    want = 1
+                    want = READ
                 except ssl.SSLWantWriteError:
-                    want = 2
+                    want = WRITE
                 except _TLS_EOF:
                     data = b""
-                except ssl.SSLError as exc:
-                    raise TLSError(reason(exc)) from exc
-                except OSError as exc:
-                    if self.closed:
-                        raise ClosedError() from exc
-                    self.eof = True
-                    raise PeerClosedError(reason(exc)) from exc
-                if want and timer is None:
-                    timer = self._arm_read(timeout)
-                if want == 1:
-                    self._wait(self._rwatch)
-                elif want == 2:
-                    self._wait_other(2)
-                elif data:
-                    return data
-                else:
+                except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                    raise self._read_failed(exc) from exc
+                if not want:
+                    if data:
+                        self.drained = len(data) < STREAMING_CHUNK
+                        return data  # type: ignore[no-any-return]
                     self.eof = True
                     raise PeerClosedError()
+                if timer is None and timeout:
+                    timer = self._arm_read(timeout)
+                if want == READ:
+                    self._wait(self._rwatch)
+                else:
+                    self._wait_other(WRITE)
+                sslobj = self._sslobj
         except Timeout as exc:
             if exc is not timer:
                 raise
@@ -281,62 +372,115 @@ class Stream:
             if timer is not None:
                 timer.cancel()
 
-    def _arm_read(self, timeout: float | None) -> Timeout | None:
+    def _read_failed(self, exc: BaseException) -> Error:
+        """The gtcp error for a read that failed: the one read-side translation."""
+        if self.closed or isinstance(exc, ValueError) or self._raw.fileno() < 0:
+            return ClosedError()  # we closed it (or its descriptor) under the read
+        if isinstance(exc, ssl.SSLError):
+            return TLSError(reason(exc))
+        self.eof = True
+        return PeerClosedError(reason(exc))
+
+    def read_decoded(self, decode: Callable[[Any, int], tuple[Any, int] | None],
+                     timeout: float | None) -> Any:
+        """Read until *decode* finds a whole frame in the buffer; return it.
+
+        ``decode(buffer, start)`` is a codec's (see ``gtcp.Codec``). One
+        deadline, *timeout*, covers the whole call; on ``ReadTimeoutError``
+        or ``FrameTooLongError`` nothing is consumed. An EOF with part of a
+        frame buffered raises ``PeerClosedError`` carrying those bytes.
+        """
+        deadline = None
+        remaining = timeout
+        while True:
+            if self.rpos < len(self.rbuf):
+                found = decode(self.rbuf, self.rpos)
+                if found is not None:
+                    frame, end = found
+                    self.consume(end)
+                    return frame
+            if timeout:
+                now = self._hub.loop.now()
+                if deadline is None:
+                    deadline = now + timeout
+                remaining = deadline - now
+                if remaining <= 0:
+                    raise ReadTimeoutError()
+            try:
+                data = self.recv(remaining)
+            except PeerClosedError as exc:
+                if self.rpos < len(self.rbuf) and exc.__cause__ is None:
+                    raise PeerClosedError.mid_frame(self.take(len(self.rbuf))) from None
+                raise
+            self.feed(data)
+
+    def _arm_read(self, timeout: float) -> Timeout:
         """Start the read deadline; one ``gevent.Timeout`` reused per stream.
 
         Creating a Timeout per wait costs a fifth of a round trip; reusing
         one costs a timer start and stop.
         """
-        if not timeout:
-            return None
         timer = self._rtimer
         if timer is None or timer.seconds != timeout:
             timer = self._rtimer = Timeout(timeout)
         timer.start()
         return timer
 
-    def read_failed(self, exc: OSError) -> PeerClosedError | None:
-        """The error for a plain recv that failed: None if we closed it."""
-        if self.closed:
-            return None
-        self.eof = True
-        error = PeerClosedError(reason(exc))
-        error.__cause__ = exc
-        return error
-
-    @property
-    def raw(self) -> Any:
-        """The raw non-blocking socket (plain TCP fast path: ``recv``, ``send``, ``fileno``)."""
-        return self._raw
-
-    @property
-    def read_watcher(self) -> Any:
-        """The io watcher for readability (the plain-TCP fast path waits on it)."""
-        return self._rwatch
-
     # -- writing ---------------------------------------------------------
 
+    def queue(self, data: Any) -> None:
+        """Queue a reply (bytes-like) to be sent by :meth:`flush` or the next write.
+
+        Sends at once when the queue reaches ``QUEUE_LIMIT``. Raises what
+        :meth:`write` raises.
+        """
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= QUEUE_LIMIT:
+            self.flush()
+
+    @property
+    def queued(self) -> bool:
+        """True while replies wait in the queue."""
+        return bool(self._out)
+
+    def flush(self) -> None:
+        """Send the queued replies, together; raises what :meth:`write` raises."""
+        out = self._out
+        if out:
+            self._out = []
+            self._out_size = 0
+            self._send(out[0] if len(out) == 1 else b"".join(out))
+
     def write(self, data: Any) -> None:
-        """Send the whole of *data* or raise.
+        """Send queued replies and then the whole of *data*, or raise.
 
         ``ClosedError`` if the stream is closed, ``WriteError`` if the OS
         refuses, ``WriteTimeoutError`` if the peer did not take the bytes
         within ``write_timeout`` (the stream is then closed: part of the data
         may have gone). Writes of several greenlets never interleave.
         """
-        if self.closed:
-            raise ClosedError()
         if type(data) is not bytes:
             data = _as_bytes_view(data)
+        out = self._out
+        if out:
+            out.append(data)
+            self._out = []
+            self._out_size = 0
+            data = b"".join(out)
+        self._send(data)
+
+    def _send(self, data: Any) -> None:
+        if self.closed:
+            raise ClosedError()
         wlock = self.wlock
         if wlock is None or not wlock.locked():
             # Fast path: nothing else is mid-write and no switch can happen
             # between this check and send(), so the bytes cannot interleave.
+            sslobj = self._sslobj
             try:
-                sent = (self._sslobj.write if self._sslobj is not None else self._raw.send)(data)
-            except _WOULD_BLOCK:
-                sent = 0
-            except ssl.SSLWantWriteError:
+                sent = self._raw.send(data) if sslobj is None else sslobj.write(data)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
             except OSError as exc:
                 raise self._write_failed(exc) from exc
@@ -350,19 +494,19 @@ class Stream:
 
     def _write_slow(self, data: Any) -> None:
         view = memoryview(data).cast("B")
-        send = self._sslobj.write if self._sslobj is not None else self._raw.send
         timer = None  # armed at the first wait only
         try:
             while view:
                 if self.closed:
                     raise ClosedError()
                 want = 0
+                sslobj = self._sslobj
                 try:
-                    sent = send(view)
+                    sent = self._raw.send(view) if sslobj is None else sslobj.write(view)
                 except (BlockingIOError, ssl.SSLWantWriteError):
-                    want = 2
+                    want = WRITE
                 except ssl.SSLWantReadError:
-                    want = 1
+                    want = READ
                 except OSError as exc:
                     raise self._write_failed(exc) from exc
                 if not want:
@@ -373,10 +517,10 @@ class Stream:
                     if timer is None or timer.seconds != self.write_timeout:
                         timer = self._wtimer = Timeout(self.write_timeout)
                     timer.start()
-                if want == 2:
+                if want == WRITE:
                     self._wait(self._wwatch)
                 else:
-                    self._wait_other(1)
+                    self._wait_other(READ)
         except Timeout as exc:
             self.close()
             if exc is not timer:
@@ -394,6 +538,7 @@ class Stream:
                 timer.cancel()
 
     def _write_failed(self, exc: OSError) -> Error:
+        """The gtcp error for a write that failed: the one write-side translation."""
         if self.closed:
             return ClosedError()
         self.close()
@@ -454,11 +599,14 @@ class Stream:
         every greenlet waiting on this stream with ``ClosedError``. The
         descriptor stays open until :meth:`finish`. If the close_notify does
         not fit the socket buffer, it is flushed by :meth:`finish` (bounded
-        by ``CLOSE_NOTIFY_SECONDS``) before the write side is shut.
+        by ``CLOSE_NOTIFY_SECONDS``) before the write side is shut. Replies
+        still queued are dropped: call :meth:`flush` first to send them.
         """
         if self.closed:
             return
         self.closed = True
+        self._out = []
+        self._out_size = 0
         if self._sslobj is not None and not self._send_close_notify():
             self._notify_pending = True
         else:
@@ -499,16 +647,27 @@ class Stream:
             pass
         except ssl.SSLWantWriteError:
             return False
-        except (ssl.SSLError, OSError, ValueError):
+        except (OSError, ValueError):  # ssl.SSLError included
             pass
         return True
 
-    def _flush_close_notify(self, bound: float) -> None:
-        watcher = self._hub.loop.io(self._raw.fileno(), 2)
+    def _private_watcher(self, events: int) -> Any:
+        """A watcher of its own, registered so that wake_all() can end its wait."""
+        watcher = self._hub.loop.io(self._raw.fileno(), events)
         others = self._others
         if others is None:
             others = self._others = []
-        others.append(watcher)  # so that wake_all() (a stop) cuts it short
+        others.append(watcher)
+        return watcher
+
+    def _drop_watcher(self, watcher: Any) -> None:
+        others = self._others
+        if others is not None and watcher in others:
+            others.remove(watcher)
+        watcher.close()
+
+    def _flush_close_notify(self, bound: float) -> None:
+        watcher = self._private_watcher(WRITE)
         timer = Timeout.start_new(bound, _Lingered)
         try:
             while not self._send_close_notify():
@@ -517,8 +676,7 @@ class Stream:
             pass
         finally:
             timer.cancel()
-            others.remove(watcher)
-            watcher.close()
+            self._drop_watcher(watcher)
 
     def finish(self, linger: float | None = LINGER_SECONDS) -> None:
         """Flush close_notify, discard what the peer still sends, then close.
@@ -537,6 +695,8 @@ class Stream:
             self._shutdown_write()
             if linger and not self.eof:
                 self._drain(linger)
+        self.rbuf = b""
+        self.rpos = 0
         try:
             self._gsock.close()
         except OSError:
@@ -546,14 +706,9 @@ class Stream:
         # A watcher of its own: a reader woken by close() may not have left
         # the shared one yet.
         raw = self._raw
-        fileno = raw.fileno()
-        if fileno < 0:
+        if raw.fileno() < 0:
             return
-        watcher = self._hub.loop.io(fileno, 1)
-        others = self._others
-        if others is None:
-            others = self._others = []
-        others.append(watcher)  # so that wake_all() can cut the linger short
+        watcher = self._private_watcher(READ)
         timer = Timeout.start_new(linger, _Lingered)
         try:
             while True:
@@ -566,8 +721,7 @@ class Stream:
             return
         finally:
             timer.cancel()
-            others.remove(watcher)
-            watcher.close()
+            self._drop_watcher(watcher)
 
     def finish_in_background(self) -> None:
         """Close now if the peer already hung up, else linger in a greenlet.
@@ -620,7 +774,6 @@ class Stream:
     def sslobj(self) -> Any:
         """The C-level TLS object, or None on plain TCP."""
         return self._sslobj
-
 
 
 class _HandshakeTimeout(Exception):

@@ -9,8 +9,9 @@ import pytest
 import gtcp
 
 PUBLIC = {
-    "Caller", "CertKey", "Client", "ClientSecureSocket", "ClosedError", "ConfigError",
-    "ConnectError", "ConnectionService", "Error", "KeyStore", "Listener", "ListenerError",
+    "Caller", "CertKey", "Client", "ClientSecureSocket", "ClosedError", "Codec", "ConfigError",
+    "ConnectError", "ConnectionService", "Delimited", "Error", "FixedSize", "FrameTooLongError",
+    "KeyStore", "LengthPrefixed", "Lines", "Listener", "ListenerError",
     "ListenerSecureSocket", "MutualSsl", "PeerClosedError", "Protocol", "ProtocolConfig",
     "ReadTimeoutError", "Service", "TLSError", "TLSInfo", "TrustStore", "VerifyClient",
     "WriteError", "WriteTimeoutError", "__version__",
@@ -64,6 +65,7 @@ def test_errors_default_messages_and_bases(cls, bases, message):
         (gtcp.ListenerError, (gtcp.Error,)),
         (gtcp.TLSError, (gtcp.Error,)),
         (gtcp.WriteError, (gtcp.Error, ConnectionError)),
+        (gtcp.FrameTooLongError, (gtcp.Error, ValueError)),
     ],
 )
 def test_errors_bases(cls, bases):
@@ -76,8 +78,11 @@ def test_errors_bases(cls, bases):
     [gtcp.Error("e"), gtcp.ClosedError(), gtcp.PeerClosedError("Connection reset by peer"),
      gtcp.ReadTimeoutError(), gtcp.WriteTimeoutError(), gtcp.WriteError("Failed to write data: x"),
      gtcp.ConnectError("Unable to connect with remote host: x"), gtcp.ConfigError("bad"),
-     gtcp.TLSError("t"), gtcp.ListenerError("Error initializing the server: x")],
+     gtcp.TLSError("t"), gtcp.ListenerError("Error initializing the server: x"),
+     gtcp.FrameTooLongError("Frame too long: more than max_length (10 bytes)", 10),
+     gtcp.PeerClosedError.mid_frame(b"abc")],
 )
 def test_errors_pickle(err):
     copy = pickle.loads(pickle.dumps(err))
     assert type(copy) is type(err) and str(copy) == str(err)
+    assert copy.__dict__ == err.__dict__  # partial, limit
