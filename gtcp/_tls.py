@@ -69,7 +69,9 @@ Key material
 as they are, with a password callback even when no ``key_password`` is given
 (without one OpenSSL prompts on the terminal for an encrypted key, blocking the
 process). When loading fails, the files are read again with ``cryptography``
-to say which file is wrong and why. A PKCS#12 ``KeyStore`` is decoded with ``cryptography`` (legacy
+to say which file is wrong and why; an encrypted key that will not load with
+the ``key_password`` given is always reported as a possibly wrong password.
+A PKCS#12 ``KeyStore`` is decoded with ``cryptography`` (legacy
 RC2/3DES stores included) and re-encoded as PEM, the private key encrypted
 with a random one-time password, into an anonymous in-memory file
 (``memfd_create``, read through ``/proc/self/fd``). Where that does not exist
@@ -77,6 +79,10 @@ a private temporary file (mode 0600) is used and deleted as soon as OpenSSL has
 read it; either way the key never reaches a disk unencrypted. Every
 certificate of a ``TrustStore`` is handed over in memory
 (``load_verify_locations(cadata=...)``).
+
+``cryptography`` (some 20 MiB and 100 ms) is imported only on those paths:
+PKCS#12 stores and the diagnosis of a failure. PEM files are loaded by
+:mod:`ssl` alone, so a program without stores never imports it.
 """
 
 from __future__ import annotations
@@ -84,7 +90,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import datetime
 import functools
 import math
 import os
@@ -95,16 +100,10 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as _Protocol
 
 import gevent.ssl  # type: ignore[import-untyped, unused-ignore]
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ._config import (
     DEFAULT_SESSION_TIMEOUT,
@@ -118,6 +117,10 @@ from ._config import (
 )
 from ._errors import ConfigError, TLSError
 from ._io import reason
+
+if TYPE_CHECKING:  # cryptography is imported where it is used (PKCS#12 stores, diagnosis)
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 __all__ = [
     "CLIENT_CONTEXT_CACHE_SIZE",
@@ -221,25 +224,27 @@ def _set_versions(ctx: ssl.SSLContext, minimum: ssl.TLSVersion, maximum: ssl.TLS
         ctx.maximum_version = maximum
 
 
-@functools.cache
-def _probe_identity() -> bytes:
-    """A throwaway self-signed EC key and certificate (PEM) for :func:`version_supported`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "gtcp version probe")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ) + cert.public_bytes(serialization.Encoding.PEM)
+#: A throwaway self-signed EC P-256 key and certificate (PEM) for
+#: :func:`version_supported`, which handshakes with it between two in-memory
+#: endpoints of this process only, its client verifying nothing; so it is no
+#: secret, and its dates do not matter. It is fixed here rather than generated
+#: so that building a TLS context with PEM files needs no ``cryptography``.
+_PROBE_IDENTITY = b"""\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgwMSdHRT3I4+jlAXV
+792lseKj+aYcfYSR/AmBJRf7ovehRANCAASJL9mBShL3Wy/6naE6tEodV5MXTLxK
+d6BQUij9E148Eai11+SDQzYv0Z0IdeATkysqA85Z5aBrFoJoJGacytQL
+-----END PRIVATE KEY-----
+-----BEGIN CERTIFICATE-----
+MIIBPDCB4qADAgECAhQrzFtpbvrWlurR8/2hYSj14r7F6TAKBggqhkjOPQQDAjAd
+MRswGQYDVQQDDBJndGNwIHZlcnNpb24gcHJvYmUwIBcNMDAwMTAxMDAwMDAwWhgP
+OTk5OTEyMzEyMzU5NTlaMB0xGzAZBgNVBAMMEmd0Y3AgdmVyc2lvbiBwcm9iZTBZ
+MBMGByqGSM49AgEGCCqGSM49AwEHA0IABIkv2YFKEvdbL/qdoTq0Sh1XkxdMvEp3
+oFBSKP0TXjwRqLXX5INDNi/RnQh14BOTKyoDzlnloGsWgmgkZpzK1AswCgYIKoZI
+zj0EAwIDSQAwRgIhAJaji7t2eoO+8fwF15ayhb5x1ioCR1KRhfLp5qRtYg/TAiEA
+shr4gRD82HvTyBh7kf96GF4nkT4y9oqAfHKZrY56xMw=
+-----END CERTIFICATE-----
+"""
 
 
 def _handshake_in_memory(client: ssl.SSLObject, server: ssl.SSLObject, pipes: list[ssl.MemoryBIO]) -> bool:
@@ -277,7 +282,7 @@ def version_supported(version: ssl.TLSVersion) -> bool:
     client.verify_mode = ssl.CERT_NONE
     pipes = [ssl.MemoryBIO() for _ in range(4)]
     try:
-        with _transient_file(_probe_identity()) as path:
+        with _transient_file(_PROBE_IDENTITY) as path:
             server.load_cert_chain(path)
         for ctx in (server, client):
             if version < ssl.TLSVersion.TLSv1_2:
@@ -402,8 +407,16 @@ def _no_password() -> bytes:
     raise _PasswordMissing("the private key is encrypted and no key_password was given")
 
 
+def _is_encrypted_pem(data: bytes) -> bool:
+    """True when ``data`` holds an encrypted PEM private key (PKCS#8 or traditional)."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+
+
 def _private_key_problem(data: bytes, password: str | None) -> str | None:
     """Why ``data`` is not a usable PEM private key, or None if it is."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     secret = None if password is None else password.encode()
     try:
         serialization.load_pem_private_key(data, secret)
@@ -417,7 +430,16 @@ def _private_key_problem(data: bytes, password: str | None) -> str | None:
 
 
 def _diagnose_cert_key(key: CertKey, exc: BaseException) -> str:
-    """Name the file (and the reason) behind a failed ``load_cert_chain``."""
+    """Name the file (and the reason) behind a failed ``load_cert_chain``.
+
+    An encrypted key that cannot be loaded with the password given is reported
+    as a wrong password whatever the reason: a wrong password decrypts to
+    garbage, which usually fails the padding check ("Incorrect password") but
+    about once in 300 passes it and then fails as ASN.1 ("invalid length",
+    "unexpected tag"), a reason that would not point at the password.
+    """
+    from cryptography import x509
+
     try:
         chain = Path(key.cert_file).read_bytes()
     except OSError as err:
@@ -432,6 +454,8 @@ def _diagnose_cert_key(key: CertKey, exc: BaseException) -> str:
         return f"cannot read private key file {key.key_file!r}: {reason(err)}"
     problem = _private_key_problem(pem, key.key_password)
     if problem is not None:
+        if key.key_password is not None and _is_encrypted_pem(pem):
+            return f"cannot decrypt private key file {key.key_file!r}: wrong password? ({problem})"
         return f"cannot load private key {key.key_file!r}: {problem}"
     return f"cannot use certificate {key.cert_file!r} with private key {key.key_file!r}: {reason(exc)}"
 
@@ -448,6 +472,9 @@ def _read_store(
     path: str, password: str, kind: str
 ) -> tuple[PrivateKeyTypes | None, list[x509.Certificate]]:
     """The private key (if any) and every certificate of a PKCS#12 file, leaf first."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -500,6 +527,8 @@ def _transient_file(data: bytes) -> Iterator[str]:
 
 
 def _load_key_store(ctx: ssl.SSLContext, store: KeyStore) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     key, certs = _read_store(store.path, store.password, "KeyStore")
     if key is None or not certs:
         raise _context_error(f"KeyStore {store.path!r} does not hold a private key with its certificate")
@@ -526,6 +555,8 @@ def _load_key(ctx: ssl.SSLContext, key: CertKey | KeyStore) -> None:
 def _load_trust(ctx: ssl.SSLContext, cert: str | TrustStore) -> None:
     """Trust the CA certificates of a PEM file or of every certificate in a TrustStore."""
     if isinstance(cert, TrustStore):
+        from cryptography.hazmat.primitives import serialization
+
         _key, certs = _read_store(cert.path, cert.password, "TrustStore")
         if not certs:
             raise _context_error(f"TrustStore {cert.path!r} holds no certificate")

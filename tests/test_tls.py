@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+import json
 import os
 import re
 import shutil
 import ssl
 import stat
 import subprocess
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -335,14 +338,37 @@ def test_CertKey_encrypted_key_with_password(material: Material, fmt: serializat
     _ok(_handshake(ctx, client_context(_client(material))).client)
 
 
+def _decrypts_to_garbage(pem: bytes, password: str) -> bool:
+    """True when a wrong ``password`` gets past the padding check and fails later, as ASN.1."""
+    try:
+        serialization.load_pem_private_key(pem, password.encode())
+    except ValueError as exc:
+        return "incorrect password" not in str(exc).lower()
+    return False
+
+
 @pytest.mark.parametrize("fmt", KEY_FORMATS)
 def test_CertKey_encrypted_key_wrong_password(material: Material, fmt: serialization.PrivateFormat) -> None:
+    """Every wrong password is reported as one, whatever its garbage fails on.
+
+    About one wrong password in 300 decrypts to bytes whose padding is valid;
+    they then fail as ASN.1 ("invalid length", "unexpected tag"), not as
+    "Incorrect password". The key (and its salt) is new at each run, so which
+    passwords do that is found for this key, among up to 20,000 candidates
+    (missing one there has a probability near 1e-30).
+    """
     key_file = _encrypted_key(material, fmt, "enc.key")
-    with pytest.raises(TLSError) as info:
-        server_context(ListenerSecureSocket(CertKey(material.server_cert, key_file, "wrong")))
-    assert str(info.value).startswith(f"{PREFIX}cannot load private key {key_file!r}: ")
-    assert "password" in str(info.value).lower()
-    assert isinstance(info.value.__cause__, ssl.SSLError)
+    pem = Path(key_file).read_bytes()
+    candidates = (f"garbage-{n}" for n in range(20_000))
+    garbage = list(itertools.islice((p for p in candidates if _decrypts_to_garbage(pem, p)), 3))
+    assert garbage, "no wrong password reached the ASN.1 path"
+    start = f"{PREFIX}cannot decrypt private key file {key_file!r}: wrong password? ("
+    for password in [f"wrong-{n}" for n in range(50)] + garbage:
+        with pytest.raises(TLSError) as info:
+            server_context(ListenerSecureSocket(CertKey(material.server_cert, key_file, password)))
+        message = str(info.value)
+        assert message.startswith(start) and message.endswith(")"), (password, message)
+        assert isinstance(info.value.__cause__, ssl.SSLError)
 
 
 def test_CertKey_encrypted_key_without_password_never_prompts(material: Material) -> None:
@@ -699,3 +725,77 @@ def test_SESSIONS_is_process_wide() -> None:
 def test_handshake_timeout(seconds: float, expected: float | None) -> None:
     assert handshake_timeout(ClientSecureSocket(handshake_timeout=seconds)) == expected
     assert handshake_timeout(ListenerSecureSocket(CertKey("c", "k"), handshake_timeout=seconds)) == expected
+
+
+# --- cryptography is loaded only where it is needed --------------------------------------------
+
+#: Run in a fresh interpreter: a plain listener, then a PEM TLS listener with a TLS client,
+#: each checked for ``cryptography`` in ``sys.modules``; prints one JSON line.
+_LAZY_SCRIPT = """
+import json, sys
+import gtcp
+
+class Echo:
+    def on_bytes(self, data): return data
+
+class Svc:
+    def on_connect(self, caller): return Echo()
+
+seen = {"import": "cryptography" in sys.modules}
+plain = gtcp.Listener(0, local_host="127.0.0.1")
+plain.attach(Svc())
+plain.start()
+with gtcp.Client("127.0.0.1", plain.port, timeout=10) as client:
+    client.write_bytes(b"plain")
+    assert client.read_bytes() == b"plain"
+seen["plain"] = "cryptography" in sys.modules
+cert, key, ca = sys.argv[1:4]
+secure = gtcp.Listener(0, local_host="127.0.0.1",
+                       secure_socket=gtcp.ListenerSecureSocket(gtcp.CertKey(cert, key)))
+secure.attach(Svc())
+secure.start()
+with gtcp.Client("localhost", secure.port, timeout=10,
+                 secure_socket=gtcp.ClientSecureSocket(cert=ca)) as client:
+    client.write_bytes(b"tls")
+    assert client.read_bytes() == b"tls"
+seen["pem_tls"] = "cryptography" in sys.modules
+from gtcp._tls import server_context
+try:  # the diagnosis of a failure may import it, and must still work in a fresh process
+    server_context(gtcp.ListenerSecureSocket(gtcp.CertKey(cert, ca)))
+except gtcp.TLSError as exc:
+    seen["diagnosis"] = str(exc)
+plain.immediate_stop()
+secure.immediate_stop()
+print(json.dumps(seen))
+"""
+
+
+def _fresh_python(code: str, *args: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=60, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cryptography_is_not_imported_for_plain_or_PEM_listeners(material: Material) -> None:
+    out = _fresh_python(_LAZY_SCRIPT, material.server_cert, material.server_key, material.ca_pem)
+    seen = json.loads(out)
+    assert seen["import"] is False
+    assert seen["plain"] is False
+    assert seen["pem_tls"] is False
+    assert seen["diagnosis"].startswith(f"{PREFIX}cannot load private key {material.ca_pem!r}: ")
+
+
+def test_cryptography_is_imported_for_PKCS12_stores(material: Material) -> None:
+    store = _p12(material, "server.p12", key_file=material.server_key, cert_file=material.server_cert, cas=[])
+    code = (
+        "import sys, gtcp\n"
+        "from gtcp._tls import server_context\n"
+        "assert 'cryptography' not in sys.modules\n"
+        "server_context(gtcp.ListenerSecureSocket(gtcp.KeyStore(sys.argv[1], 'pw')))\n"
+        "print('cryptography' in sys.modules)\n"
+    )
+    assert _fresh_python(code, store).strip() == "True"
