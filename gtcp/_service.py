@@ -124,9 +124,12 @@ def _check_spelling(obj: object) -> None:
 def check_service(service: object) -> None:
     """Raise ``TypeError`` if *service* cannot serve a listener.
 
-    It needs a callable ``on_connect(caller)`` and no Ballerina-spelled
-    callbacks.
+    It must be an instance, not a class, with a callable ``on_connect(caller)``
+    and no Ballerina-spelled callbacks.
     """
+    if isinstance(service, type):
+        name = service.__name__
+        raise TypeError(f"attach() takes a Service instance, not the class {name}: pass {name}()")
     _check_spelling(service)
     on_connect = getattr(service, "on_connect", None)
     if not callable(on_connect):
@@ -140,13 +143,20 @@ def check_service(service: object) -> None:
 _CHECKED: dict[type, bool] = {}
 
 
-def resolve(service: Any) -> Callbacks:
+def resolve(service: Any, source: str | None = None) -> Callbacks:
     """Check a ConnectionService as a whole and bind its callbacks.
 
     Raises ``TypeError`` with a message naming the problem; the dispatcher
-    logs it and closes the connection. A class is checked once; an instance
-    that carries callbacks of its own (in its ``__dict__``) every time.
+    logs it and closes the connection. *source* names the ``Service`` whose
+    ``on_connect`` returned *service*, for that message. A class is checked
+    once; an instance that carries callbacks of its own (in its ``__dict__``)
+    every time. A class itself is refused: its ``on_bytes(self, data)`` would
+    be called with the caller as ``self``, which works until it keeps state.
     """
+    if isinstance(service, type):
+        name = service.__name__
+        where = "on_connect" if source is None else f"on_connect of {source}"
+        raise TypeError(f"{where} returned the class {name}, not an instance: return {name}()")
     cls = type(service)
     with_caller = _CHECKED.get(cls)
     if with_caller is not None and not _overrides(service):
