@@ -143,11 +143,16 @@ class Lines(Codec):
         return bytes(buffer[start:stop]), end + 1
 
     def encode(self, frame: Any) -> bytes:
-        """*frame* plus ``ending``; ``ValueError`` if it holds a ``b"\\n"``."""
-        data = frame_bytes(frame)
-        if b"\n" in data:
-            raise ValueError("a line frame must not contain b'\\n': it would arrive as two frames")
-        return bytes(data) + self.ending
+        """*frame* plus ``ending``.
+
+        ``ValueError`` if it holds a ``b"\\n"`` (it would arrive as two
+        frames) or ends with ``b"\\r"`` (decoding would strip it).
+        """
+        data = bytes(frame_bytes(frame))
+        if b"\n" in data or data.endswith(b"\r"):
+            raise ValueError("a line frame must not contain b'\\n' nor end with b'\\r': "
+                             "it would not arrive as sent")
+        return data + self.ending
 
 
 @dataclass(frozen=True, slots=True)
