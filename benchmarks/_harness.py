@@ -31,6 +31,27 @@ PY_SERVERS = {
 }
 SERVER_NAMES = (*PY_SERVERS, "trivial")
 
+#: Framed echo servers (``SCRIPT PORT --framing lines|len4 [extra]``); "trivial"
+#: (the C byte echo) also echoes framed traffic unchanged.
+FRAMED_SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "gtcp-framed": ("gtcp_framed_echo.py", ()),
+    "gtcp-hand": ("gtcp_handbuffer_echo.py", ()),
+    "raw": ("raw_gevent_framed_echo.py", ()),
+    "asyncio": ("asyncio_framed_echo.py", ()),
+    "asyncio-uvloop": ("asyncio_framed_echo.py", ("--loop", "uvloop")),
+    "uvloop-proto": ("uvloop_protocol_echo.py", ()),
+    "twisted": ("twisted_framed_echo.py", ()),
+}
+#: The optional package each peer needs (benchmarks/requirements.txt).
+NEEDS = {"asyncio-uvloop": "uvloop", "uvloop-proto": "uvloop", "twisted": "twisted", "uvloop": "uvloop"}
+FRAMINGS = ("lines", "len4")
+
+#: RESP servers: gtcp's example (``--port 0 --host H``) and the asyncio peer.
+RESP_SERVERS = {
+    "gtcp": REPO_ROOT / "examples" / "resp_server.py",  # written against gtcp (its own example)
+    "asyncio": BENCH_DIR / "asyncio_resp.py",
+}
+
 
 class HarnessError(RuntimeError):
     """A benchmark could not be set up or run."""
@@ -152,6 +173,31 @@ def python_env() -> dict[str, str]:
     return env
 
 
+def missing_module(name: str) -> str | None:
+    """The optional package server/client ``name`` needs and that is not installed, or None."""
+    import importlib.util
+
+    module = NEEDS.get(name)
+    if module and importlib.util.find_spec(module) is None:
+        return module
+    return None
+
+
+def framed_command(name: str, framing: str, stand_in: bool = False) -> list[str]:
+    """Command line for framed echo server ``name`` (both gtcp ones run raw gevent when ``stand_in``)."""
+    if name == "trivial":
+        return [str(build("trivial_echo")), "0"]
+    if stand_in and name.startswith("gtcp"):
+        name = "raw"
+    script, extra = FRAMED_SERVERS[name]
+    return [sys.executable, str(BENCH_DIR / script), "0", "--framing", framing, *extra]
+
+
+def resp_command(name: str) -> list[str]:
+    """Command line for RESP server ``name`` (``gtcp`` or ``asyncio``; redis: :class:`RedisServer`)."""
+    return [sys.executable, str(RESP_SERVERS[name]), "--port", "0", "--host", "127.0.0.1"]
+
+
 def server_command(name: str, certs: Certs | None, stand_in: bool = False) -> list[str]:
     """Command line for server ``name`` (``gtcp`` runs the raw server when ``stand_in``)."""
     if name == "trivial":
@@ -187,9 +233,10 @@ class Server:
         certs: Certs | None = None,
         core: int | None = None,
         stand_in: bool = False,
+        cmd: list[str] | None = None,
     ) -> None:
         self.name = name
-        self.cmd = server_command(name, certs, stand_in)
+        self.cmd = cmd or server_command(name, certs, stand_in)
         self.core = core
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
@@ -259,18 +306,87 @@ class Server:
 # --------------------------------------------------------------------------- load
 
 
+class RedisServer(Server):
+    """A real ``redis-server`` on a free loopback port, no persistence: the RESP ceiling.
+
+    redis-server cannot pick port 0 and report it, so a free port is chosen
+    by binding port 0 and closing it; a lost race (the port taken meanwhile)
+    is retried with another one. Ready once it answers PING.
+    """
+
+    def __init__(self, core: int | None = None, workdir: str | None = None) -> None:
+        super().__init__("redis", core=core, cmd=["redis-server"])
+        self.workdir = workdir or str(BUILD_DIR)
+
+    def start(self, timeout: float = 20.0) -> Server:
+        """Start redis-server and wait until it answers PING."""
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise HarnessError("redis-server not found: `apt-get install redis-server`")
+        for _attempt in range(3):
+            self.port = free_port()
+            self.cmd = [
+                exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--protected-mode", "no", "--dir", self.workdir,
+                "--loglevel", "warning", "--logfile", "",
+            ]  # fmt: skip
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                preexec_fn=pinned(self.core),
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if resp_ping(self.port):
+                    return self
+                time.sleep(0.05)
+            self._stop_and_collect()
+        raise HarnessError(f"redis-server did not start: {' '.join(self.cmd)}")
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def resp_ping(port: int, timeout: float = 0.5) -> bool:
+    """True when a RESP server on ``port`` answers ``PING`` with ``+PONG``."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class Load:
-    """One load generator run's shape."""
+    """One load generator run's shape (``mode`` lines/len4: ``k`` messages per request)."""
 
     conns: int
     size: int
     mode: str = "rr"
     tls: bool = False
+    k: int = 1
 
     def label(self) -> str:
-        """Short text such as ``rr 100x1024``."""
+        """Short text such as ``rr 100x1024`` or ``lines 100 conns K=16``."""
+        if self.framed:
+            return f"{self.mode} {self.conns} conns K={self.k}"
         return f"{'tls ' if self.tls else ''}{self.mode} {self.conns}x{self.size}"
+
+    @property
+    def framed(self) -> bool:
+        """True for the framed request/response modes."""
+        return self.mode in FRAMINGS
 
 
 def run_loadgen(port: int, load: Load, duration: float, warmup: float, core: int | None) -> dict[str, Any]:
@@ -292,6 +408,8 @@ def run_loadgen(port: int, load: Load, duration: float, warmup: float, core: int
     ]
     if load.tls:
         cmd.append("-t")
+    if load.framed:
+        cmd += ["-k", str(load.k)]
     timeout = duration + warmup + 60
     done = subprocess.run(
         cmd,
@@ -323,3 +441,72 @@ def loadgen_openssl_version() -> str:
     """The OpenSSL version the C tools link against."""
     done = subprocess.run([str(build("loadgen")), "-V"], capture_output=True, text=True, check=False)
     return done.stdout.strip()
+
+
+# --------------------------------------------------------------------------- RESP
+
+#: A pipelined request and the exact replies every RESP server must give (checked before measuring).
+RESP_CHECK = (
+    b"*1\r\n$4\r\nPING\r\n"
+    b"PING\r\n"  # inline
+    b"*3\r\n$3\r\nSET\r\n$9\r\nbench:key\r\n$5\r\nvalue\r\n"
+    b"*2\r\n$3\r\nGET\r\n$9\r\nbench:key\r\n"
+    b"*2\r\n$4\r\nECHO\r\n$5\r\nhello\r\n"
+    b"*2\r\n$3\r\nDEL\r\n$9\r\nbench:key\r\n"
+    b"*2\r\n$3\r\nGET\r\n$9\r\nbench:key\r\n"
+    b"*2\r\n$3\r\nDEL\r\n$9\r\nbench:cnt\r\n"
+    b"*2\r\n$4\r\nINCR\r\n$9\r\nbench:cnt\r\n"
+    b"INCR bench:cnt\r\n"
+    b"*2\r\n$3\r\nDEL\r\n$9\r\nbench:cnt\r\n"
+)
+RESP_EXPECT = b"+PONG\r\n+PONG\r\n+OK\r\n$5\r\nvalue\r\n$5\r\nhello\r\n:1\r\n$-1\r\n:0\r\n:1\r\n:2\r\n:1\r\n"
+
+
+def resp_check(port: int, timeout: float = 5.0) -> str | None:
+    """None when the server on ``port`` answers :data:`RESP_CHECK` exactly; else what went wrong."""
+    import socket
+
+    got = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(RESP_CHECK)
+            while len(got) < len(RESP_EXPECT):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+    except OSError as exc:
+        return f"{exc} after {got!r}"
+    return None if got == RESP_EXPECT else f"replied {got!r}, expected {RESP_EXPECT!r}"
+
+
+def run_redis_benchmark(
+    port: int, tests: str, requests: int, clients: int, pipeline: int, core: int | None, timeout: float
+) -> dict[str, dict[str, float]]:
+    """``redis-benchmark --csv`` once; {test name: {"rps": .., "p50_ms": ..}}."""
+    import csv
+
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        raise HarnessError("redis-benchmark not found: `apt-get install redis-tools`")
+    cmd = [exe, "-h", "127.0.0.1", "-p", str(port), "-t", tests, "-n", str(requests),
+           "-c", str(clients), "-P", str(pipeline), "--csv"]  # fmt: skip
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, preexec_fn=pinned(core), timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"{' '.join(cmd)} did not finish within {timeout:.0f}s") from None
+    if done.returncode != 0:
+        raise HarnessError(f"redis-benchmark failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    results: dict[str, dict[str, float]] = {}
+    for row in csv.reader(done.stdout.splitlines()):
+        if len(row) < 2 or row[0] == "test":
+            continue
+        entry = {"rps": float(row[1])}
+        if len(row) >= 5:
+            entry["p50_ms"] = float(row[4])
+        results[row[0]] = entry
+    if not results:
+        raise HarnessError(f"no results from {' '.join(cmd)}:\n{done.stdout[-1000:]}{done.stderr[-1000:]}")
+    return results

@@ -2,6 +2,7 @@
 
 usage: python benchmarks/run.py [--quick] [--rounds N] [--duration S] [--warmup S]
                                 [--only SCENARIO[,SCENARIO...]] [--stand-in]
+                                [--resp-requests N] [--out DIR]
 
 Servers run pinned to one core, the load generator (C, epoll) and the clients
 on another. Within each scenario the servers take turns (gtcp, raw, raw, gtcp,
@@ -16,13 +17,14 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,9 @@ from _harness import Certs, HarnessError, Load, Server
 
 Results = dict[str, list[dict[str, Any]]]
 
-SCENARIOS = ("ceiling", "echo", "big", "latency", "tls", "stream", "client", "idle")
+SCENARIOS = (
+    "ceiling", "echo", "big", "latency", "tls", "stream", "client", "idle", "framed", "client_framed", "resp",
+)  # fmt: skip
 IDLE_CONNS = {False: 10_000, True: 2_000}
 
 
@@ -49,6 +53,14 @@ class Config:
     certs_dir: str
     server_core: int | None
     client_core: int | None
+    out: Path = _harness.BENCH_DIR / "results"
+    resp_requests: int = 200_000
+    #: Medians for the chart: {panel: {group: {server: value}}}.
+    chart: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: Every run's raw result: {scenario label: {server: [result, ...]}}.
+    raw: dict[str, Results] = field(default_factory=dict)
+    #: Lines printed under the table (skipped peers, failed checks).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -61,10 +73,17 @@ class Row:
     ratio: str
     target: str
     ok: bool | None = None
+    aim_ok: bool | None = None
+    note: str = ""
 
     def cells(self) -> list[str]:
         """The row as table cells."""
         verdict = {True: "pass", False: "FAIL", None: "-"}[self.ok]
+        if self.aim_ok is not None:
+            aim = "aim met" if self.aim_ok else "aim missed"
+            verdict = aim if self.ok is None else f"{verdict}, {aim}"
+        if self.note:
+            verdict = self.note
         return [self.measure, self.gtcp, self.peer, self.ratio, self.target, verdict]
 
 
@@ -74,16 +93,27 @@ class Target:
 
     op: str | None = None
     value: float = 0.0
+    #: An informational bound (an aim, not a target): shown, never fails the run.
+    aim: float | None = None
 
     def text(self) -> str:
-        """``>= 1.5`` or ``-``."""
-        return f"{self.op} {self.value:g}" if self.op else "-"
+        """``>= 1.5``, ``>= 0.9, aim >= 1.2``, ``aim >= 1`` or ``-``."""
+        parts = [f"{self.op} {self.value:g}"] if self.op else []
+        if self.aim is not None:
+            parts.append(f"aim {self.op or '>='} {self.aim:g}")
+        return ", ".join(parts) or "-"
 
     def met(self, ratio: float) -> bool | None:
         """Whether ``ratio`` meets the bound (None when informative)."""
         if self.op is None:
             return None
         return ratio >= self.value if self.op == ">=" else ratio <= self.value
+
+    def aim_met(self, ratio: float) -> bool | None:
+        """Whether ``ratio`` meets the aim (None without one)."""
+        if self.aim is None:
+            return None
+        return ratio <= self.aim if self.op == "<=" else ratio >= self.aim
 
 
 @dataclass
@@ -121,13 +151,18 @@ def describe_load(name: str, result: dict[str, Any]) -> str:
     """One progress line for a load generator run."""
     if result["mode"] == "stream":
         main = f"{result['mibps']:9.1f} MiB/s"
+    elif result["mode"] in _harness.FRAMINGS:
+        main = (
+            f"{result['mps']:10,.0f} msg/s {result['rps']:9,.0f} req/s "
+            f"p50 {result['p50_us']:7.1f}us p99 {result['p99_us']:8.1f}us"
+        )
     else:
         main = (
             f"{result['rps']:10,.0f} req/s {result['mibps']:8.1f} MiB/s "
             f"p50 {result['p50_us']:7.1f}us p99 {result['p99_us']:8.1f}us"
         )
     return (
-        f"  {name:8s} {main}  server cpu {result['server_cpu_pct']:3.0f}%"
+        f"  {name:14s} {main}  server cpu {result['server_cpu_pct']:3.0f}%"
         f"  loadgen cpu {result['cpu_pct']:3.0f}%"
     )
 
@@ -153,23 +188,32 @@ def measure_steady(cfg: Config, server: Server, load: Load) -> dict[str, Any]:
     return result
 
 
+def make_server(cfg: Config, name: str, load: Load) -> Server:
+    """The server process for ``name`` under ``load`` (framed loads run the framed servers)."""
+    if load.framed:
+        cmd = _harness.framed_command(name, load.mode, cfg.stand_in)
+        return Server(name, None, cfg.server_core, cmd=cmd)
+    return Server(name, cfg.certs if load.tls else None, cfg.server_core, cfg.stand_in)
+
+
 def load_rounds(cfg: Config, names: list[str], load: Load, rounds: int | None = None) -> Results:
     """Run ``load`` against each server in alternation; results per server, by round."""
-    certs = cfg.certs if load.tls else None
-    servers = {n: Server(n, certs, cfg.server_core, cfg.stand_in) for n in names}
+    servers = {n: make_server(cfg, n, load) for n in names}
     results: Results = {n: [] for n in names}
+    orders = round_orders(names, rounds or cfg.rounds)
     log(f"[{load.label()}] {' vs '.join(names)}")
     try:
         for server in servers.values():
             server.start()
-        for order in round_orders(names, rounds or cfg.rounds):
+        for i, order in enumerate(orders):
             for name in order:
                 result = measure_steady(cfg, servers[name], load)
                 results[name].append(result)
-                log(describe_load(name, result))
+                log(f"  r{i + 1}/{len(orders)}" + describe_load(name, result))
     finally:
         for server in servers.values():
             server.stop()
+    cfg.raw[load.label()] = results
     return results
 
 
@@ -186,6 +230,7 @@ def compare(measure: str, results: Results, a: str, b: str, metric: Metric, targ
         ratio_text(ratio, ratios),
         target.text(),
         target.met(ratio),
+        target.aim_met(ratio),
     )
 
 
@@ -378,6 +423,278 @@ def scenario_idle(cfg: Config) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- framed
+
+#: Framed echo servers, the one under test first; "trivial" (C) is the load generator's ceiling.
+FRAMED_NAMES = [
+    "gtcp-framed",
+    "gtcp-hand",
+    "twisted",
+    "uvloop-proto",
+    "raw",
+    "asyncio",
+    "asyncio-uvloop",
+    "trivial",
+]
+LABELS = {
+    "gtcp-framed": "gtcp framed",
+    "gtcp-hand": "hand-buffered gtcp",
+    "twisted": "Twisted",
+    "uvloop-proto": "uvloop Protocol",
+    "raw": "raw gevent",
+    "asyncio": "asyncio streams",
+    "asyncio-uvloop": "asyncio streams on uvloop",
+    "uvloop": "asyncio streams on uvloop",
+    "trivial": "trivial C",
+    "gtcp": "gtcp",
+    "redis": "redis-server",
+}
+MPS = Metric("mps", "msg/s")
+
+#: Per K: (peer, target) rows for the framed gtcp server; the others are informative.
+FRAMED_TARGETS: dict[int, list[tuple[str, Target]]] = {
+    1: [
+        ("gtcp-hand", Target(">=", 1.15)),
+        ("twisted", Target()),
+        ("uvloop-proto", Target(aim=1.0)),
+    ],
+    16: [
+        ("gtcp-hand", Target(">=", 2.5)),
+        ("twisted", Target(">=", 0.9, aim=1.2)),
+        ("uvloop-proto", Target()),
+    ],
+}
+FRAMED_INFO = ["raw", "asyncio", "asyncio-uvloop"]
+
+
+def gtcp_has(expr: str) -> bool:
+    """Whether ``expr`` (e.g. ``gtcp.Lines``) evaluates in a child importing this checkout's gtcp."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"import gtcp; {expr}"],
+        capture_output=True,
+        text=True,
+        env=_harness.python_env(),
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def unavailable(
+    cfg: Config, names: list[str], gtcp_needs: str, gtcp_names: tuple[str, ...]
+) -> dict[str, str]:
+    """Why each server/client of ``names`` cannot run here (missing packages, gtcp without the API)."""
+    skipped = {}
+    for name in names:
+        module = _harness.missing_module(name)
+        if module:
+            skipped[name] = f"{module} not installed"
+    if not cfg.stand_in and not gtcp_has(gtcp_needs):
+        for name in gtcp_names:
+            skipped[name] = f"gtcp lacks {gtcp_needs.split(';')[0]}"
+    for name, why in skipped.items():
+        note = f"skipped {LABELS.get(name, name)}: {why}"
+        if note not in cfg.notes:
+            cfg.notes.append(note)
+    return skipped
+
+
+def compare_or_skip(
+    measure: str, res: Results, a: str, b: str, metric: Metric, target: Target, skipped: dict[str, str]
+) -> Row:
+    """:func:`compare`, or a row saying which side was skipped."""
+    for name in (a, b):
+        if name in skipped or not res.get(name):
+            why = skipped.get(name, "no result")
+            return Row(
+                measure, "-", "-", "-", target.text(), None, note=f"skip ({LABELS.get(name, name)}: {why})"
+            )
+    return compare(measure, res, a, b, metric, target)
+
+
+def chart_put(cfg: Config, panel: str, group: str, res: Results, key: str) -> None:
+    """Record the median of ``key`` per server for the chart."""
+    cfg.chart.setdefault(panel, {})[group] = {
+        name: statistics.median(r[key] for r in runs) for name, runs in res.items() if runs
+    }
+
+
+def scenario_framed(cfg: Config) -> list[Row]:
+    """Framed echo (lines, len4), 100 connections, K = 1 and 16 pipelined 64-byte messages a request."""
+    skipped = unavailable(cfg, FRAMED_NAMES, "gtcp.Lines; gtcp.LengthPrefixed", ("gtcp-framed",))
+    names = [n for n in FRAMED_NAMES if n not in skipped]
+    if "gtcp-framed" in skipped:
+        log("warning: gtcp has no framing yet; the framed rows are skipped, the peers still run")
+    rows = []
+    for framing in _harness.FRAMINGS:
+        for k in (1, 16):
+            res = load_rounds(cfg, names, Load(100, 64, framing, k=k))
+            chart_put(cfg, "framed", f"{framing} K={k}", res, "mps")
+            head = f"framed {framing} K={k} msg/s"
+            for peer, target in FRAMED_TARGETS[k]:
+                name = f"{head} vs {LABELS[peer]}"
+                rows.append(compare_or_skip(name, res, "gtcp-framed", peer, MPS, target, skipped))
+            for peer in FRAMED_INFO:
+                name = f"  {head} vs {LABELS[peer]}"
+                rows.append(compare_or_skip(name, res, "gtcp-framed", peer, MPS, Target(), skipped))
+            ceiling = f"  ceiling: trivial C vs gtcp framed, {framing} K={k}"
+            rows.append(compare_or_skip(ceiling, res, "trivial", "gtcp-framed", MPS, Target(), skipped))
+    return rows
+
+
+CLIENT_IMPLS = ["gtcp", "raw", "asyncio", "uvloop"]
+
+
+def scenario_client_framed(cfg: Config) -> list[Row]:
+    """gtcp.Client read_line / read_exactly against raw gevent and asyncio streams: sequential round trips."""
+    skipped = unavailable(cfg, CLIENT_IMPLS, "gtcp.Client.read_line; gtcp.Client.read_exactly", ("gtcp",))
+    impls = [i for i in CLIENT_IMPLS if i not in skipped]
+    rows = []
+    rt = Metric("rps", "rt/s")
+    with Server("trivial", None, cfg.server_core) as server:
+        for framing in _harness.FRAMINGS:
+            results: Results = {i: [] for i in impls}
+            orders = round_orders(impls, cfg.rounds)
+            log(f"[client {framing} sequential 64-byte round trips] {' vs '.join(impls)}")
+            for r, order in enumerate(orders):
+                for impl in order:
+                    cmd = [sys.executable, str(_harness.BENCH_DIR / "client_framed.py"), str(server.port),
+                           "--impl", impl, "--framing", framing, "--duration", str(cfg.duration)]  # fmt: skip
+                    cmd += ["--stand-in"] if cfg.stand_in else []
+                    result = run_json(cmd, cfg.client_core, cfg.duration + 60)
+                    results[impl].append(result)
+                    log(
+                        f"  r{r + 1}/{len(orders)}  {impl:8s} {result['rps']:10,.0f} round trips/s "
+                        f"p50 {result['p50_us']:7.1f}us p99 {result['p99_us']:7.1f}us"
+                    )
+            cfg.raw[f"client {framing}"] = results
+            chart_put(cfg, "client", f"client {framing}", results, "rps")
+            head = f"Client {framing} sequential round trips/s"
+            for peer, target in (
+                ("raw", Target(">=", 1.0)),
+                ("asyncio", Target(">=", 1.0)),
+                ("uvloop", Target()),
+            ):
+                name = f"{'' if target.op else '  '}{head} vs {LABELS[peer]}"
+                rows.append(compare_or_skip(name, results, "gtcp", peer, rt, target, skipped))
+    return rows
+
+
+# --------------------------------------------------------------------------- RESP
+
+RESP_NAMES = ["gtcp", "asyncio", "redis"]
+RESP_TESTS = "ping,set,get"
+#: Per pipeline depth: (test, peer, target) rows; the others are informative.
+RESP_TARGETS: dict[int, dict[tuple[str, str], Target]] = {
+    16: {
+        ("SET", "redis"): Target(">=", 0.4),
+        ("GET", "redis"): Target(">=", 0.4),
+        ("SET", "asyncio"): Target(">=", 3.0),
+        ("GET", "asyncio"): Target(">=", 3.0),
+    },
+}
+
+
+def resp_servers(cfg: Config, workdir: str) -> tuple[dict[str, Server], dict[str, str]]:
+    """The RESP servers that can run here, and why the others cannot."""
+    skipped: dict[str, str] = {}
+    servers: dict[str, Server] = {}
+    for name in RESP_NAMES:
+        if name == "redis":
+            if shutil.which("redis-server") is None:
+                skipped[name] = "redis-server not installed (apt-get install redis-server)"
+            else:
+                servers[name] = _harness.RedisServer(cfg.server_core, workdir)
+            continue
+        stand_in = cfg.stand_in and name == "gtcp"  # the asyncio server plays gtcp's example
+        script = _harness.RESP_SERVERS["asyncio" if stand_in else name]
+        if not script.exists():
+            skipped[name] = f"{script.relative_to(_harness.REPO_ROOT)} does not exist"
+            continue
+        cmd = _harness.resp_command("asyncio" if stand_in else name)
+        servers[name] = Server(name, None, cfg.server_core, cmd=cmd)
+    for name, why in skipped.items():
+        cfg.notes.append(f"skipped RESP {LABELS[name]}: {why}")
+    return servers, skipped
+
+
+def start_checked(cfg: Config, servers: dict[str, Server], skipped: dict[str, str]) -> None:
+    """Start each RESP server and check its replies; a wrong one is dropped (and fails its rows)."""
+    for name in list(servers):
+        server = servers[name]
+        server.start()
+        problem = _harness.resp_check(server.port)
+        if problem:
+            server.stop()
+            del servers[name]
+            skipped[name] = "wrong replies"
+            cfg.notes.append(f"RESP {LABELS[name]} answered the check wrongly: {problem[:500]}")
+
+
+def resp_run(cfg: Config, server: Server, pipeline: int) -> dict[str, Any]:
+    """One redis-benchmark run; per-test req/s plus server and redis-benchmark CPU%."""
+    before = _harness.proc_cpu_seconds(server.pid)
+    kids = os.times()
+    t0 = time.monotonic()
+    tests = _harness.run_redis_benchmark(
+        server.port, RESP_TESTS, cfg.resp_requests, 50, pipeline, cfg.client_core, 600
+    )
+    elapsed = time.monotonic() - t0
+    after = os.times()
+    result: dict[str, Any] = {t: v["rps"] for t, v in tests.items()}
+    result["server_cpu_pct"] = 100.0 * (_harness.proc_cpu_seconds(server.pid) - before) / elapsed
+    used = (after.children_user - kids.children_user) + (after.children_system - kids.children_system)
+    result["client_cpu_pct"] = 100.0 * used / elapsed
+    result["seconds"] = round(elapsed, 2)
+    return result
+
+
+def scenario_resp(cfg: Config) -> list[Row]:
+    """redis-benchmark -t ping,set,get -c 50, -P 1 and -P 16: gtcp's RESP example, asyncio, redis-server."""
+    if shutil.which("redis-benchmark") is None:
+        cfg.notes.append("skipped resp: redis-benchmark not installed (apt-get install redis-tools)")
+        return [Row("RESP (redis-benchmark)", "-", "-", "-", "-", None, note="skip (no redis-benchmark)")]
+    rows = []
+    rounds = 1 if cfg.quick else cfg.rounds
+    with tempfile.TemporaryDirectory(prefix="gtcp-redis-") as workdir:
+        for pipeline in (1, 16):
+            servers, skipped = resp_servers(cfg, workdir)
+            names = [n for n in RESP_NAMES if n in servers]
+            label = f"resp -c 50 -P {pipeline} -n {cfg.resp_requests}"
+            log(f"[{label}] {' vs '.join(names)}")
+            results: Results = {n: [] for n in names}
+            try:
+                start_checked(cfg, servers, skipped)
+                names = [n for n in names if n in servers]
+                orders = round_orders(names, rounds)
+                for r, order in enumerate(orders):
+                    for name in order:
+                        result = resp_run(cfg, servers[name], pipeline)
+                        results[name].append(result)
+                        tests = "  ".join(
+                            f"{t} {result[t]:9,.0f}" for t in ("PING_MBULK", "SET", "GET") if t in result
+                        )
+                        log(
+                            f"  r{r + 1}/{len(orders)}  {name:8s} {tests} req/s"
+                            f"  server cpu {result['server_cpu_pct']:3.0f}%"
+                            f"  redis-benchmark cpu {result['client_cpu_pct']:3.0f}%"
+                        )
+            finally:
+                for server in servers.values():
+                    server.stop()
+            cfg.raw[label] = results
+            for test in ("SET", "GET", "PING_MBULK"):
+                chart_put(cfg, "resp", f"{test} -P {pipeline}", {n: v for n, v in results.items() if v}, test)
+                for peer in ("redis", "asyncio"):
+                    target = RESP_TARGETS.get(pipeline, {}).get((test, peer), Target())
+                    indent = "" if target.op else "  "
+                    name = f"{indent}RESP -P {pipeline} {test} req/s vs {LABELS[peer]}"
+                    row = compare_or_skip(name, results, "gtcp", peer, Metric(test, "req/s"), target, skipped)
+                    if target.op and skipped.get("gtcp") == "wrong replies":
+                        row.ok, row.note = False, "FAIL (wrong replies)"
+                    rows.append(row)
+    return rows
+
+
 RUNNERS: dict[str, Callable[[Config], list[Row]]] = {
     "ceiling": scenario_ceiling,
     "echo": scenario_echo,
@@ -387,6 +704,9 @@ RUNNERS: dict[str, Callable[[Config], list[Row]]] = {
     "stream": scenario_stream,
     "client": scenario_client,
     "idle": scenario_idle,
+    "framed": scenario_framed,
+    "client_framed": scenario_client_framed,
+    "resp": scenario_resp,
 }
 
 
@@ -417,12 +737,46 @@ def machine_info(cfg: Config) -> list[str]:
         f"OpenSSL: Python {ssl.OPENSSL_VERSION}; C tools {_harness.loadgen_openssl_version()}",
         f"Pinning: {pinning}",
         f"Rounds {cfg.rounds}, {cfg.duration}s per run after {cfg.warmup}s warm-up",
+        f"gtcp: {gtcp_description()}",
+        f"Peers: {peer_versions()}",
     ]
+
+
+def gtcp_description() -> str:
+    """Which gtcp was measured: its checkout, commit and whether gtcp/ had local changes."""
+    root = _harness.gtcp_root()
+    git = ["git", "-C", str(root)]
+    commit = subprocess.run(
+        [*git, "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=False
+    )
+    if commit.returncode != 0:
+        return f"{root} (not a git checkout)"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "gtcp"], capture_output=True, text=True)
+    state = ", gtcp/ has uncommitted changes" if dirty.stdout.strip() else ""
+    return f"{root} at {commit.stdout.strip()[:70]}{state}"
+
+
+def peer_versions() -> str:
+    """Versions of the optional peers and of redis."""
+    parts = []
+    for dist in ("twisted", "uvloop", "matplotlib"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    redis = shutil.which("redis-server")
+    if redis:
+        done = subprocess.run([redis, "--version"], capture_output=True, text=True, check=False)
+        parts.append(done.stdout.split(" sha=")[0].replace("Redis server v=", "redis "))
+    return ", ".join(parts)
+
+
+HEADER = ["measure", "gtcp", "peer", "ratio", "must reach", "pass/fail"]
 
 
 def print_table(rows: list[Row]) -> None:
     """The ratio table, columns aligned."""
-    header = ["measure", "gtcp", "peer", "ratio", "must reach", "pass/fail"]
+    header = HEADER
     cells = [header] + [r.cells() for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     for i, line in enumerate(cells):
@@ -454,6 +808,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--stand-in", action="store_true", help="raw gevent in gtcp's place: checks the harness, ratios ~1.0"
+    )
+    parser.add_argument(
+        "--resp-requests", type=int, help="redis-benchmark -n for the resp scenario (200000, quick 50000)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=_harness.BENCH_DIR / "results",
+        help="directory for results.md, results.json and chart.png (default benchmarks/results)",
     )
     return parser.parse_args(argv)
 
@@ -501,6 +864,8 @@ def make_config(args: argparse.Namespace, certs_dir: str) -> Config:
         certs_dir=certs_dir,
         server_core=server_core,
         client_core=client_core,
+        out=args.out,
+        resp_requests=args.resp_requests or (50_000 if args.quick else 200_000),
     )
 
 
@@ -522,17 +887,45 @@ def main() -> int:
     except HarnessError as exc:
         raise SystemExit(f"error: {exc}") from None
     t0 = time.monotonic()
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gtcp-bench-") as tmp:
         cfg = make_config(args, tmp)
-        rows = [row for name in scenarios for row in RUNNERS[name](cfg)]
-    print()
-    for line in machine_info(cfg):
-        print(line)
+        for name in scenarios:
+            log(f"== scenario {name} ==")
+            rows += RUNNERS[name](cfg)
+    info = machine_info(cfg)
     if cfg.stand_in:
-        print("STAND-IN RUN: the gtcp column is raw gevent; this checks the harness only")
-    print(f"Total time: {time.monotonic() - t0:.0f}s\n")
+        info.append("STAND-IN RUN: the gtcp column is raw gevent; this checks the harness only")
+    info.append(f"Total time: {time.monotonic() - t0:.0f}s")
+    print()
+    for line in info:
+        print(line)
+    print()
     print_table(rows)
+    for note in cfg.notes:
+        print(f"note: {note}")
+    write_outputs(cfg, info, rows, scenarios)
     return 1 if any(r.ok is False for r in rows) else 0
+
+
+def write_outputs(cfg: Config, info: list[str], rows: list[Row], scenarios: list[str]) -> None:
+    """results.md, results.json and (when there is something to draw) chart.png under ``cfg.out``."""
+    import _report
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _report.write_markdown(cfg.out / "results.md", info, HEADER, [r.cells() for r in rows], cfg.notes)
+    _report.write_json(cfg.out / "results.json", cfg.raw, cfg.chart)
+    written = [cfg.out / "results.md", cfg.out / "results.json"]
+    title = f"gtcp benchmarks: {', '.join(scenarios)}; {cfg.rounds} rounds of {cfg.duration}s; medians\n"
+    title += f"{info[0]}\ngtcp: {gtcp_description()[:110]}"
+    if cfg.stand_in:
+        title = "STAND-IN RUN (raw gevent / asyncio play gtcp): " + title
+    why_not = _report.write_chart(cfg.out / "chart.png", cfg.chart, title)
+    if why_not is None:
+        written.append(cfg.out / "chart.png")
+    elif cfg.chart:
+        print(f"note: no chart: {why_not}")
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":
