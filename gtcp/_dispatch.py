@@ -32,7 +32,6 @@ from ._errors import (
     SEND_FAILED_MESSAGE,
     ClosedError,
     Error,
-    FrameTooLongError,
     PeerClosedError,
     ReadTimeoutError,
     TLSError,
@@ -306,7 +305,7 @@ class Connection:
                     continue
                 try:
                     found = codec.decode(stream.rbuf, stream.rpos)
-                except FrameTooLongError as exc:
+                except Error as exc:  # FrameTooLongError, or the codec's own protocol error
                     return self._flush(stream) or exc
                 except Exception:
                     log.exception("the framing codec of connection %s raised; closing it", caller.id)

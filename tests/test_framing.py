@@ -705,3 +705,73 @@ def test_stream_feed_does_not_copy_quadratically():
     finally:
         a.close()
         b.close()
+
+
+# -- a peer that never sends a newline -----------------------------------------------
+
+FLOOD_SERVER = r"""
+import sys
+import gtcp
+
+class Lines:
+    def on_bytes(self, data): return data
+    def on_error(self, err): print("on_error", type(err).__name__, err, flush=True)
+    def on_close(self): print("on_close", flush=True)
+
+class Svc:
+    def on_connect(self, caller): return Lines()
+
+listener = gtcp.Listener(0, local_host="127.0.0.1", framing=gtcp.Lines())
+listener.attach(Svc())
+listener.start()
+print(listener.port, flush=True)
+listener.serve_forever()
+"""
+
+
+def _peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_Listener_a_gigabyte_without_newline_keeps_memory_flat(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    server = subprocess.Popen([sys.executable, "-c", FLOOD_SERVER], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        port = int(server.stdout.readline())
+        with gtcp.Client("127.0.0.1", port, timeout=LONG) as probe:  # warm the server up
+            probe.write_bytes(b"warm\n")
+            assert probe.read_line() == b"warm\n"
+        assert server.stdout.readline() == "on_close\n"
+        before = _peak_rss_kib(server.pid)
+        flood = gtcp.Client("127.0.0.1", port, timeout=LONG, write_timeout=LONG)
+        chunk = b"z" * (1 << 20)
+        sent = 0
+        try:
+            while sent < 1 << 30:
+                flood.write_bytes(chunk)
+                sent += len(chunk)
+        except gtcp.Error:
+            pass  # the server may close before the gigabyte is out
+        flood.close()
+        # Other connections are unaffected meanwhile.
+        with gtcp.Client("127.0.0.1", port, timeout=LONG) as other:
+            other.write_bytes(b"still here\n")
+            assert other.read_line() == b"still here\n"
+        lines = [server.stdout.readline() for _ in range(3)]
+        after = _peak_rss_kib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(LONG)
+    assert lines[0] == "on_error FrameTooLongError Frame too long: more than max_length (65536 bytes)\n"
+    assert lines[1] == "on_close\n"  # then the connection closed
+    assert lines[2] == "on_close\n"  # the other client's
+    assert after - before < 16 * 1024, (before, after, sent)
