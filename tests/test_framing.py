@@ -168,30 +168,42 @@ def test_framing_option_rejects_what_is_not_a_codec():
 # -- a user codec, as the README shows it ------------------------------------------
 
 
-class Netstring(gtcp.Codec):
-    """``5:hello,``: the README's example of the codec interface."""
+class NetstringError(gtcp.Error):
+    """Not a netstring."""
 
-    def __init__(self, max_length: int = 65536) -> None:
-        self.max_length = max_length
 
-    def decode(self, buffer, start):
+class Netstring(gtcp.Codec):             # b"5:hello,"  (the README's example, verbatim)
+    def decode(self, buffer, start):     # buffer: bytes or bytearray; read it, never keep or change it
         colon = buffer.find(b":", start, start + 21)
         if colon < 0:
             if len(buffer) - start > 20:
                 raise gtcp.FrameTooLongError("netstring length too long")
-            return None
-        size = int(buffer[start:colon])
-        if size > self.max_length:
-            raise gtcp.FrameTooLongError(f"Frame too long: more than max_length ({self.max_length} bytes)")
-        end = colon + 1 + size
+            return None                  # need more bytes
+        end = colon + 1 + int(buffer[start:colon])
         if len(buffer) < end + 1:
             return None
         if buffer[end] != ord(","):
-            raise ValueError("netstring must end with ','")
-        return bytes(buffer[colon + 1:end]), end + 1
+            raise NetstringError("netstring must end with ','")   # a gtcp.Error subclass: goes to on_error
+        return bytes(buffer[colon + 1:end]), end + 1             # (frame, offset just past it)
 
     def encode(self, frame):
         return b"%d:%s," % (len(frame), frame)
+
+
+def test_readme_codec_example_is_the_tested_one():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    source = _source_of(Netstring).split("  (the README")[0]
+    assert source in readme
+    body = _source_of(Netstring).split("\n", 1)[1]
+    assert body in readme
+
+
+def _source_of(obj: Any) -> str:
+    import inspect
+
+    return inspect.getsource(obj)
 
 
 # -- TLS or not ------------------------------------------------------------------
@@ -436,6 +448,19 @@ def test_Listener_custom_codec_from_the_readme(serve):
         client.write_bytes(b"bc,")
         assert client.read_frame() == b"olleh"
         assert client.read_frame() == b"cba"
+
+
+def test_Listener_codec_protocol_error_goes_to_on_error(serve):
+    rec = Recorder()
+    listener = serve(One(rec), framing=Netstring())
+    with _client(listener, {}, framing=Netstring()) as client:
+        client.write_bytes(b"2:ok,3:abcX")
+        assert client.read_frame() == b"ok"
+        with pytest.raises(gtcp.PeerClosedError):
+            client.read_frame()
+    assert rec.closed.wait(LONG)
+    (err,) = rec.errors
+    assert type(err) is NetstringError and str(err) == "netstring must end with ','"
 
 
 def test_Listener_framing_is_per_connection_state(serve):
@@ -744,7 +769,8 @@ def test_Listener_a_gigabyte_without_newline_keeps_memory_flat(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root)
-    server = subprocess.Popen([sys.executable, "-c", FLOOD_SERVER], stdout=subprocess.PIPE, text=True, env=env)
+    server = subprocess.Popen([sys.executable, "-c", FLOOD_SERVER], stdout=subprocess.PIPE,
+                              text=True, env=env)
     try:
         port = int(server.stdout.readline())
         with gtcp.Client("127.0.0.1", port, timeout=LONG) as probe:  # warm the server up
