@@ -46,9 +46,10 @@ FRAMED_SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
 NEEDS = {"asyncio-uvloop": "uvloop", "uvloop-proto": "uvloop", "twisted": "twisted", "uvloop": "uvloop"}
 FRAMINGS = ("lines", "len4")
 
-#: RESP servers: gtcp's example (``--port 0 --host H``) and the asyncio peer.
+#: RESP servers: gtcp's own example (``--port 0 --host H``; from ``$GTCP_ROOT`` when
+#: set, like gtcp itself) and the asyncio peer.
 RESP_SERVERS = {
-    "gtcp": REPO_ROOT / "examples" / "resp_server.py",  # written against gtcp (its own example)
+    "gtcp": Path("examples") / "resp_server.py",
     "asyncio": BENCH_DIR / "asyncio_resp.py",
 }
 
@@ -193,9 +194,14 @@ def framed_command(name: str, framing: str, stand_in: bool = False) -> list[str]
     return [sys.executable, str(BENCH_DIR / script), "0", "--framing", framing, *extra]
 
 
+def resp_script(name: str) -> Path:
+    """The script of RESP server ``name`` (``gtcp`` or ``asyncio``)."""
+    return gtcp_root() / RESP_SERVERS[name]
+
+
 def resp_command(name: str) -> list[str]:
     """Command line for RESP server ``name`` (``gtcp`` or ``asyncio``; redis: :class:`RedisServer`)."""
-    return [sys.executable, str(RESP_SERVERS[name]), "--port", "0", "--host", "127.0.0.1"]
+    return [sys.executable, str(resp_script(name)), "--port", "0", "--host", "127.0.0.1"]
 
 
 def server_command(name: str, certs: Certs | None, stand_in: bool = False) -> list[str]:

@@ -606,9 +606,9 @@ def resp_servers(cfg: Config, workdir: str) -> tuple[dict[str, Server], dict[str
                 servers[name] = _harness.RedisServer(cfg.server_core, workdir)
             continue
         stand_in = cfg.stand_in and name == "gtcp"  # the asyncio server plays gtcp's example
-        script = _harness.RESP_SERVERS["asyncio" if stand_in else name]
+        script = _harness.resp_script("asyncio" if stand_in else name)
         if not script.exists():
-            skipped[name] = f"{script.relative_to(_harness.REPO_ROOT)} does not exist"
+            skipped[name] = f"{script} does not exist"
             continue
         cmd = _harness.resp_command("asyncio" if stand_in else name)
         servers[name] = Server(name, None, cfg.server_core, cmd=cmd)
