@@ -36,10 +36,11 @@ class Caller:
     ``None`` on plain TCP).
     """
 
-    __slots__ = ("_id", "_stream", "local_host", "local_port", "remote_host", "remote_port")
+    __slots__ = ("_conn", "_id", "_stream", "local_host", "local_port", "remote_host", "remote_port")
 
-    def __init__(self, stream: Stream, remote: Any, local: Any) -> None:
+    def __init__(self, stream: Stream, remote: Any, local: Any, conn: Any = None) -> None:
         self._stream = stream
+        self._conn = conn  # the dispatcher's Connection: start_tls needs it
         self.remote_host: str = host_text(remote)
         self.remote_port: int = int(remote[1])
         self.local_host: str = host_text(local)
@@ -100,6 +101,32 @@ class Caller:
     @framing.setter
     def framing(self, codec: Codec | None) -> None:
         self._stream.codec = check_codec(codec, "framing")
+
+    def send_eof(self) -> None:
+        """Shut this side's writing (TLS: close_notify) and keep reading until the peer's EOF.
+
+        Replies queued for earlier frames go out first. Later writes raise
+        ``ClosedError``; a second call does nothing; after ``close()`` it
+        raises ``ClosedError``.
+        """
+        self._stream.send_eof()
+
+    def start_tls(self, secure_socket: Any) -> None:
+        """Upgrade this connection to TLS (STARTTLS), from one of its callbacks.
+
+        *secure_socket* is a ``ListenerSecureSocket`` (or a dict of one); its
+        context is built once per record and reused. Write the protocol's
+        "go ahead" first; replies queued for earlier frames go out in
+        plaintext before the handshake, and plaintext already received past
+        the upgrade point is discarded (logged at WARNING), never delivered
+        as if it had come over TLS. Returns once the handshake is done, after
+        which ``tls`` is set and framing carries on. Raises ``TLSError`` (the
+        connection then closes) and ``gtcp.Error`` when the connection is
+        already TLS or this is not one of its callbacks.
+        """
+        if self._conn is None:
+            raise Error("start_tls() is not available on this caller")
+        self._conn.start_tls(secure_socket)
 
     def close(self) -> None:
         """Close the connection gracefully; idempotent. ``on_close`` runs once."""

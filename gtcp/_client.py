@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -10,14 +11,16 @@ import gevent.socket
 from gevent import Timeout
 from gevent.lock import Semaphore
 
-from ._errors import ConfigError, ConnectError, Error, PeerClosedError
+from ._errors import ClosedError, ConfigError, ConnectError, Error, PeerClosedError
 from ._framing import DEFAULT_MAX_LENGTH, Codec, Delimited, Lines, check_codec
-from ._io import Stream, handshake, reason, seconds
+from ._io import Stream, reason, seconds
 
 if TYPE_CHECKING:
     from ._tls import TLSInfo
 
 __all__ = ["Client"]
+
+log = logging.getLogger("gtcp")
 
 #: Seconds a read or a write may wait (Ballerina's default for both).
 DEFAULT_TIMEOUT = 300.0
@@ -85,17 +88,22 @@ class Client:
         self._secure_socket: Any = None  # set while a TLS 1.3 session waits to be saved
         self._context: Any = None
         gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
-        if secure is not None:
-            gsock = self._secure(gsock, secure, context)
         self._stream = Stream(gsock, write_deadline, codec)
+        if secure is not None:
+            try:
+                self._secure(secure, context)
+            except BaseException:
+                self._stream.finish(None)  # no socket left behind
+                raise
 
-    def _secure(self, gsock: Any, secure: Any, context: Any) -> Any:
+    def _secure(self, secure: Any, context: Any) -> None:
         from ._tls import SESSIONS, handshake_timeout
 
         host = secure.server_name or self.remote_host
         session = SESSIONS.get(secure, self.remote_host, self.remote_port, context)
-        tls = handshake(gsock, context, handshake_timeout(secure), server_side=False,
-                        server_hostname=host, session=session)
+        self._stream.start_tls(context, server_side=False, timeout=handshake_timeout(secure),
+                               server_hostname=host, session=session)
+        tls: Any = self._stream.tls_object
         self._context = context
         if tls.version() == "TLSv1.3" and not tls.session_reused:
             # The ticket comes after the handshake: save the session after
@@ -103,7 +111,40 @@ class Client:
             self._secure_socket = secure
         elif not tls.session_reused:
             SESSIONS.put(secure, self.remote_host, self.remote_port, tls.session, context)
-        return tls
+
+    def start_tls(self, secure_socket: Any) -> None:
+        """Upgrade this plain client to TLS (STARTTLS); returns once the handshake is done.
+
+        *secure_socket* is a ``ClientSecureSocket`` (or a dict of one). Call
+        it after the server's "go ahead". Whatever plaintext is buffered or
+        already readable before the ClientHello goes out was not protected
+        (a TLS server sends nothing first): it is discarded and logged at
+        WARNING, never returned by a later read. Raises ``TLSError`` (the
+        client is then closed), ``gtcp.Error`` if it is already TLS.
+        """
+        from ._config import client_secure_socket
+        from ._tls import client_context
+
+        stream = self._stream
+        if stream.tls_object is not None:
+            raise Error("start_tls(): the client is already TLS")
+        secure = client_secure_socket(secure_socket)
+        if secure is None:
+            raise ConfigError("start_tls() needs a ClientSecureSocket with enable=True")
+        context = client_context(secure)
+        with self._read_lock:
+            if stream.closed:
+                raise ClosedError()
+            unprotected = stream.buffered + stream.discard_readable()
+            stream.consume(len(stream.rbuf))
+            if unprotected:
+                log.warning("start_tls to %s:%s: discarded %d byte(s) of plaintext received before the "
+                            "TLS handshake", self.remote_host, self.remote_port, unprotected)
+            try:
+                self._secure(secure, context)
+            except BaseException:
+                self.close()
+                raise
 
     # -- I/O ---------------------------------------------------------------------
 
@@ -116,6 +157,15 @@ class Client:
         part of the data may have gone).
         """
         self._stream.write(data)
+
+    def send_eof(self) -> None:
+        """Shut the write side (TLS: close_notify) and keep reading until the server's EOF.
+
+        Later writes raise ``ClosedError``; a second call does nothing; after
+        ``close()`` it raises ``ClosedError``. What the server still sends is
+        read as usual.
+        """
+        self._stream.send_eof()
 
     def write_frame(self, frame: Any) -> None:
         """Encode *frame* with the client's framing and send it, or raise.
@@ -236,8 +286,8 @@ class Client:
     def _remember_session(self) -> None:
         """Save a TLS 1.3 session once its ticket arrived (after a read)."""
         secure = self._secure_socket
-        sslobj = self._stream.sslobj
-        session = sslobj.session if sslobj is not None else None
+        tls = self._stream.tls_object
+        session = tls.session if tls is not None else None
         if secure is not None and session is not None and session.has_ticket:
             from ._tls import SESSIONS
 
@@ -283,7 +333,7 @@ class Client:
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
-        tls = " TLS" if self._stream.sslobj is not None else ""
+        tls = " TLS" if self._stream.tls_object is not None else ""
         return f"<gtcp.Client{tls} {self.remote_host}:{self.remote_port}{state}>"
 
 

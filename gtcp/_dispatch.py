@@ -24,20 +24,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gevent import Timeout, get_hub
+from gevent import Timeout, get_hub, getcurrent
 from gevent.event import Event
 
 from ._caller import Caller
 from ._errors import (
     SEND_FAILED_MESSAGE,
     ClosedError,
+    ConfigError,
     Error,
     PeerClosedError,
     ReadTimeoutError,
     TLSError,
     WriteError,
 )
-from ._io import LINGER_SECONDS, Stream, handshake
+from ._io import LINGER_SECONDS, Stream
 from ._service import Callbacks, resolve
 
 __all__ = ["Connection", "ServeConfig"]
@@ -91,6 +92,23 @@ def _reply_bytes(caller: Caller, codec: Any, result: object) -> object:
         return _CLOSE
 
 
+#: STARTTLS contexts, built once per ListenerSecureSocket record and reused.
+_STARTTLS_CONTEXTS: dict[Any, tuple[Any, float | None]] = {}
+
+
+def _starttls_context(record: Any) -> tuple[Any, float | None]:
+    """The server context and handshake timeout for *record* (built once, then cached)."""
+    found = _STARTTLS_CONTEXTS.get(record)
+    if found is None:
+        from ._tls import handshake_timeout, server_context
+
+        found = (server_context(record), handshake_timeout(record))
+        if len(_STARTTLS_CONTEXTS) >= 64:  # records made on the fly: do not grow forever
+            _STARTTLS_CONTEXTS.pop(next(iter(_STARTTLS_CONTEXTS)))
+        _STARTTLS_CONTEXTS[record] = found
+    return found
+
+
 #: Service classes already warned about on_connect returning None.
 _WARNED_NONE: set[type] = set()
 
@@ -135,7 +153,7 @@ class Connection:
     """One accepted connection; :meth:`run` is the body of its own greenlet."""
 
     __slots__ = (
-        "_address", "_handshaking", "_idle_timer", "_last_read", "aborted", "cfg", "greenlet", "gsock",
+        "_address", "_idle_timer", "_last_read", "aborted", "cfg", "greenlet", "gsock",
         "idle_expired", "stream",
     )
 
@@ -148,7 +166,6 @@ class Connection:
         self.idle_expired = False
         self._idle_timer: Any = None
         self._last_read = 0.0
-        self._handshaking: Any = None  # the TLS socket while its handshake runs
         #: The greenlet serving this connection (joined by the stops).
         self.greenlet: Any = None
 
@@ -161,20 +178,42 @@ class Connection:
     # -- stopping (called from other greenlets) ---------------------------
 
     def abort(self) -> None:
-        """Close now, without lingering; ``on_close`` still runs (immediate stop)."""
+        """Close now, without lingering; ``on_close`` still runs (immediate stop).
+
+        Also ends a TLS handshake under way, and a linger already started.
+        """
         self.aborted = True
         if self.stream is not None:
             self.stream.close()
-            self.stream.wake_all()  # also ends a linger already under way
-            return
-        # Still before or in the handshake: shutting the socket down ends it
-        # (the TLS socket owns the descriptor once wrap_socket ran). Not
-        # close(): a watcher started on a closed descriptor aborts libev.
-        target = self._handshaking if self._handshaking is not None else self.gsock
+            self.stream.wake_all()
+
+    def start_tls(self, secure_socket: Any) -> None:
+        """``caller.start_tls``: upgrade this connection to TLS from one of its callbacks."""
+        from ._config import listener_secure_socket
+
+        if getcurrent() is not self.greenlet:
+            raise Error("start_tls() must be called from a callback of this connection (its own greenlet)")
+        stream = self.stream
+        assert stream is not None
+        if stream.tls_object is not None:
+            raise Error("start_tls(): the connection is already TLS")
+        record = listener_secure_socket(secure_socket)
+        if record is None:
+            raise ConfigError("start_tls() needs a ListenerSecureSocket (or a dict of one)")
+        context, timeout = _starttls_context(record)
+        stream.flush()  # replies to earlier frames go out in plaintext, before the handshake
+        unprotected = stream.buffered
+        if unprotected:
+            # Read past the upgrade point, before the handshake: not protected
+            # by TLS, so never delivered as if it were (CVE-2011-0411).
+            stream.consume(len(stream.rbuf))
+            log.warning("start_tls on connection %s: discarded %d byte(s) of plaintext that arrived "
+                        "after the upgrade point", self.peer, unprotected)
         try:
-            target._sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass
+            stream.start_tls(context, server_side=True, timeout=timeout)
+        except Error:
+            stream.close()
+            raise
 
     # -- the connection's life ---------------------------------------------
 
@@ -211,17 +250,14 @@ class Connection:
         except OSError:
             pass
         cfg = self.cfg
+        stream = self.stream = Stream(gsock, cfg.write_timeout, cfg.framing)
         if cfg.ssl_context is not None:
             try:
-                gsock = handshake(gsock, cfg.ssl_context, cfg.handshake_timeout, server_side=True,
-                                  on_wrapped=self._set_handshaking)
-            except TLSError as exc:
+                stream.start_tls(cfg.ssl_context, server_side=True, timeout=cfg.handshake_timeout)
+            except Error as exc:  # TLSError, or ClosedError from a stop
                 if not self.aborted:
                     log.warning("TLS handshake with %s failed: %s", self.peer, exc)
                 return
-            finally:
-                self._handshaking = None
-        stream = self.stream = Stream(gsock, cfg.write_timeout, cfg.framing)
         if self.aborted:
             return
         try:
@@ -229,15 +265,12 @@ class Connection:
         except OSError as exc:  # reset before this greenlet ran: a normal event
             log.debug("connection from %s ended before it was served: %s", self.peer, exc)
             return
-        caller = Caller(stream, self._address, local)
+        caller = Caller(stream, self._address, local, self)
         callbacks = self._connect(caller)
         if callbacks is None:
             stream.finish(None if self.aborted else LINGER_SECONDS)
             return
         self._serve(stream, caller, callbacks)
-
-    def _set_handshaking(self, tls: Any) -> None:
-        self._handshaking = tls
 
     def _connect(self, caller: Caller) -> Callbacks | None:
         """Run on_connect; the callbacks to serve with, or None to close."""
@@ -361,8 +394,11 @@ class Connection:
         def deliver(frame: Any) -> object:
             try:
                 result = on_bytes(caller, frame) if with_caller else on_bytes(frame)
-            except _HANDLER_FAILURES:
-                log.exception("on_bytes of connection %s raised; closing it", caller.id)
+            except _HANDLER_FAILURES as exc:
+                if self.aborted and isinstance(exc, ClosedError):
+                    log.debug("on_bytes of connection %s ended by a stop", caller.id)
+                else:
+                    log.exception("on_bytes of connection %s raised; closing it", caller.id)
                 return _CLOSE
             if result is None:
                 return None

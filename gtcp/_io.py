@@ -73,8 +73,8 @@ if TYPE_CHECKING:
     from ._tls import TLSInfo
 
 __all__ = [
-    "LINGER_SECONDS", "READ", "READ_SIZE", "STREAMING_CHUNK", "WRITE", "Interrupted", "Stream", "handshake",
-    "reason", "seconds", "switch_to",
+    "LINGER_SECONDS", "READ", "READ_SIZE", "STREAMING_CHUNK", "WRITE", "Interrupted", "Stream", "reason",
+    "seconds", "switch_to",
 ]
 
 
@@ -94,6 +94,10 @@ STREAMING_CHUNK = 8192
 #: even if more frames are waiting: coalescing saves system calls, not memory.
 QUEUE_LIMIT = 65536
 
+#: Largest plaintext encrypted at once: bigger writes are encrypted and sent
+#: piece by piece, so a 64 MiB write never holds 64 MiB of ciphertext too.
+TLS_PIECE = 256 * 1024
+
 #: How long a closed connection keeps reading (and discarding) what the peer
 #: still sends, so that the close is not turned into a reset. Apache's
 #: lingering close uses 2 s for the same purpose.
@@ -105,8 +109,6 @@ CLOSE_NOTIFY_SECONDS = 1.0
 #: libev event masks, for the io watchers.
 READ = 1
 WRITE = 2
-
-_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError)
 
 #: ``greenlet.switch`` itself: switching to the hub this way skips gevent's
 #: ``Hub.switch`` wrapper, whose only job (refusing a switch *from* the hub)
@@ -177,6 +179,10 @@ def _as_bytes_view(data: object) -> memoryview:
         ) from None
 
 
+class _HandshakeTimeout(Exception):
+    """Private marker: the handshake deadline passed."""
+
+
 class _Lingered(Exception):
     """Private marker: the lingering close ran out of time."""
 
@@ -200,6 +206,7 @@ class Stream:
     __slots__ = (
         "_gsock",
         "_hub",
+        "_notify_left",
         "_notify_pending",
         "_others",
         "_out",
@@ -207,13 +214,17 @@ class Stream:
         "_raw",
         "_rtimer",
         "_rwatch",
-        "_sslobj",
+        "_tin",
+        "_tls",
+        "_tls_ready",
+        "_tout",
         "_wtimer",
         "_wwatch",
         "closed",
         "codec",
         "drained",
         "eof",
+        "eof_sent",
         "rbuf",
         "rpos",
         "wlock",
@@ -226,8 +237,14 @@ class Stream:
         #: Serialises slow writes; made at the first write that has to wait.
         #: Nobody mid-write when it is None or unlocked (the fast path's test).
         self.wlock: Semaphore | None = None
-        self._others: list[Any] | None = None  # TLS waits on private watchers
-        self._notify_pending = False  # a close_notify that did not fit yet
+        self._others: list[Any] | None = None  # private watchers (lingering close)
+        #: TLS, when on: the SSLObject and its two memory BIOs (see start_tls).
+        self._tls: ssl.SSLObject | None = None
+        self._tin: ssl.MemoryBIO | None = None
+        self._tout: ssl.MemoryBIO | None = None
+        self._tls_ready = False  # handshake done: close() may send close_notify
+        self._notify_pending = False  # close_notify bytes wait in _notify_left
+        self._notify_left = b""
         self._rtimer: Timeout | None = None  # deadlines, made at the first wait
         self._wtimer: Timeout | None = None
         #: Replies queued by the dispatcher, sent by flush() or the next write().
@@ -246,15 +263,16 @@ class Stream:
         self.closed = False
         #: True once the peer's EOF was read.
         self.eof = False
+        #: True once send_eof() shut our write side: writes raise ClosedError.
+        self.eof_sent = False
         self.write_timeout = write_timeout
 
     def _bind(self, gsock: Any) -> None:
-        """Use *gsock* (a gevent socket or SSLSocket) from now on."""
+        """Use the gevent socket *gsock*: its raw socket and its two io watchers."""
         self._gsock = gsock
         self._raw = gsock._sock
         self._rwatch = gsock._read_event
         self._wwatch = gsock._write_event
-        self._sslobj = getattr(gsock, "_sslobj", None)
 
     # -- the read buffer -----------------------------------------------------
 
@@ -317,19 +335,19 @@ class Stream:
         return self.recv(timeout)
 
     def recv(self, timeout: float | None) -> bytes:
-        """One read from the socket (the buffer is not looked at); see :meth:`read`.
+        """One read from the connection (the buffer is not looked at); see :meth:`read`.
 
         After a short read it waits for readiness before the first attempt
         (``drained``). One deadline covers the whole call; it is armed only
-        once the read has to wait.
+        once the read has to wait. With TLS on, one decrypted record.
         """
         if self.closed:
             raise ClosedError()
+        if self._tls is not None:
+            return self._recv_tls(timeout)
         timer = None
         try:
-            sslobj = self._sslobj
-            if self.drained and (sslobj is None or not sslobj.pending()):
-                # Nothing buffered inside OpenSSL either: the socket decides.
+            if self.drained:
                 if timeout:
                     timer = self._arm_read(timeout)
                 self._wait(self._rwatch)
@@ -337,18 +355,13 @@ class Stream:
                 # The waits happen outside the except clauses: waiting inside
                 # one would keep the exception and its traceback alive for as
                 # long as the connection is idle (half a KiB per connection).
-                want = 0
                 try:
-                    data = self._raw.recv(READ_SIZE) if sslobj is None else sslobj.read(READ_SIZE)
-                except _WOULD_BLOCK:
-                    want = READ
-                except ssl.SSLWantWriteError:
-                    want = WRITE
-                except _TLS_EOF:
-                    data = b""
-                except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                    data = self._raw.recv(READ_SIZE)
+                except BlockingIOError:
+                    data = None
+                except OSError as exc:
                     raise self._read_failed(exc) from exc
-                if not want:
+                if data is not None:
                     if data:
                         self.drained = len(data) < STREAMING_CHUNK
                         return data  # type: ignore[no-any-return]
@@ -356,28 +369,71 @@ class Stream:
                     raise PeerClosedError()
                 if timer is None and timeout:
                     timer = self._arm_read(timeout)
-                if want == READ:
-                    self._wait(self._rwatch)
-                else:
-                    self._wait_other(WRITE)
-                sslobj = self._sslobj
+                self._wait(self._rwatch)
         except Timeout as exc:
-            if exc is not timer:
-                raise
-            # A gevent Timeout that fired cannot be started again (its timer
-            # would fire at once): the next read makes a new one.
-            self._rtimer = None
-            raise ReadTimeoutError() from None
+            raise self._read_timed_out(exc, timer) from None
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _recv_tls(self, timeout: float | None) -> bytes:
+        """:meth:`recv` through TLS: decrypt what the incoming BIO holds, else read more."""
+        tls: Any = self._tls
+        tin: Any = self._tin
+        timer = None
+        try:
+            while True:
+                if tin.pending or tls.pending() or tin.eof:
+                    try:
+                        data = tls.read(READ_SIZE)
+                    except ssl.SSLWantReadError:
+                        data = None  # a partial record: read more ciphertext
+                    except _TLS_EOF:
+                        data = b""  # the peer's close_notify, or a TCP EOF without one
+                    except ssl.SSLError as exc:
+                        raise TLSError(reason(exc)) from exc
+                    if self._tout.pending:  # type: ignore[union-attr]
+                        self._send_tls_output()  # post-handshake messages, alerts
+                    if data is not None:
+                        if data:
+                            self.drained = self.drained and len(data) < STREAMING_CHUNK and not tin.pending
+                            return data  # type: ignore[no-any-return]
+                        self.eof = True
+                        raise PeerClosedError()
+                if self.drained:
+                    if timer is None and timeout:
+                        timer = self._arm_read(timeout)
+                    self._wait(self._rwatch)
+                try:
+                    chunk = self._raw.recv(READ_SIZE)
+                except BlockingIOError:
+                    self.drained = True
+                    continue
+                except OSError as exc:
+                    raise self._read_failed(exc) from exc
+                self.drained = len(chunk) < STREAMING_CHUNK
+                if chunk:
+                    tin.write(chunk)
+                else:
+                    tin.write_eof()  # tls.read then reports the EOF (SSLEOFError)
+        except Timeout as exc:
+            raise self._read_timed_out(exc, timer) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _read_timed_out(self, exc: Timeout, timer: Timeout | None) -> ReadTimeoutError:
+        if exc is not timer:
+            raise exc
+        # A gevent Timeout that fired cannot be started again (its timer
+        # would fire at once): the next read makes a new one.
+        self._rtimer = None
+        return ReadTimeoutError()
 
     def _read_failed(self, exc: BaseException) -> Error:
         """The gtcp error for a read that failed: the one read-side translation."""
         if self.closed or isinstance(exc, ValueError) or self._raw.fileno() < 0:
             return ClosedError()  # we closed it (or its descriptor) under the read
-        if isinstance(exc, ssl.SSLError):
-            return TLSError(reason(exc))
         self.eof = True
         return PeerClosedError(reason(exc))
 
@@ -471,56 +527,81 @@ class Stream:
         self._send(data)
 
     def _send(self, data: Any) -> None:
-        if self.closed:
+        if self.closed or self.eof_sent:
             raise ClosedError()
         wlock = self.wlock
         if wlock is None or not wlock.locked():
             # Fast path: nothing else is mid-write and no switch can happen
-            # between this check and send(), so the bytes cannot interleave.
-            sslobj = self._sslobj
+            # between this check and send(), so the bytes cannot interleave
+            # (nor, with TLS, the records: they are sent in the order made).
+            if self._tls is not None:
+                if len(data) > TLS_PIECE:
+                    return self._locked_send(data)
+                data = self._encrypt(data)
             try:
-                sent = self._raw.send(data) if sslobj is None else sslobj.write(data)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = self._raw.send(data)
+            except BlockingIOError:
                 sent = 0
             except OSError as exc:
                 raise self._write_failed(exc) from exc
             if sent == len(data):
-                return
+                return None
             data = memoryview(data).cast("B")[sent:]
+            if self.wlock is None:
+                self.wlock = Semaphore(1)
+            with self.wlock:
+                self._write_slow(iter((data,)))
+            return None
+        return self._locked_send(data)
+
+    def _locked_send(self, data: Any) -> None:
+        """Send under the write lock (someone else is mid-write, or big TLS data)."""
         if self.wlock is None:
             self.wlock = Semaphore(1)
         with self.wlock:
-            self._write_slow(data)
+            if self.closed or self.eof_sent:
+                raise ClosedError()
+            if self._tls is None:
+                self._write_slow(iter((data,)))
+            else:
+                # Encrypted piece by piece, so big data never doubles in memory.
+                view = memoryview(data).cast("B")
+                pieces = (self._encrypt(view[i:i + TLS_PIECE]) for i in range(0, len(view), TLS_PIECE))
+                self._write_slow(pieces)
 
-    def _write_slow(self, data: Any) -> None:
-        view = memoryview(data).cast("B")
+    def _encrypt(self, data: Any) -> bytes:
+        """The TLS records that carry *data* (a memory BIO never blocks)."""
+        try:
+            self._tls.write(data)  # type: ignore[union-attr]
+        except (ssl.SSLError, ValueError) as exc:
+            self.close()
+            raise WriteError(f"Failed to write data: {reason(exc)}") from exc
+        return self._tout.read()  # type: ignore[union-attr]
+
+    def _write_slow(self, pieces: Any) -> None:
+        """Send every piece, waiting for writability; one write deadline for all."""
         timer = None  # armed at the first wait only
         try:
-            while view:
-                if self.closed:
-                    raise ClosedError()
-                want = 0
-                sslobj = self._sslobj
-                try:
-                    sent = self._raw.send(view) if sslobj is None else sslobj.write(view)
-                except (BlockingIOError, ssl.SSLWantWriteError):
-                    want = WRITE
-                except ssl.SSLWantReadError:
-                    want = READ
-                except OSError as exc:
-                    raise self._write_failed(exc) from exc
-                if not want:
-                    view = view[sent:]
-                    continue
-                if timer is None and self.write_timeout:
-                    timer = self._wtimer
-                    if timer is None or timer.seconds != self.write_timeout:
-                        timer = self._wtimer = Timeout(self.write_timeout)
-                    timer.start()
-                if want == WRITE:
+            for piece in pieces:
+                view = memoryview(piece).cast("B")
+                while view:
+                    if self.closed:
+                        raise ClosedError()
+                    try:
+                        sent = self._raw.send(view)
+                    except BlockingIOError:
+                        sent = -1
+                    except OSError as exc:
+                        raise self._write_failed(exc) from exc
+                    if sent >= 0:
+                        view = view[sent:]
+                        continue
+                    if timer is None and self.write_timeout:
+                        timer = self._wtimer
+                        if timer is None or timer.seconds != self.write_timeout:
+                            timer = self._wtimer = Timeout(self.write_timeout)
+                        timer.start()
                     self._wait(self._wwatch)
-                else:
-                    self._wait_other(READ)
         except Timeout as exc:
             self.close()
             if exc is not timer:
@@ -529,13 +610,22 @@ class Stream:
             raise WriteTimeoutError() from None
         except BaseException:
             # Interrupted mid-write (a caller's own Timeout, a kill): part of
-            # the data may be out, and with TLS OpenSSL still holds the rest
-            # of this record, so the stream can carry no further write.
+            # the data may be out, and with TLS part of a record, so the
+            # stream can carry no further write.
             self.close()
             raise
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _send_tls_output(self) -> None:
+        """Send what OpenSSL wrote outside a write (handshake, tickets, alerts)."""
+        out = self._tout.read()  # type: ignore[union-attr]
+        if out and not self.closed:
+            if self.wlock is None:
+                self.wlock = Semaphore(1)
+            with self.wlock:
+                self._write_slow(iter((out,)))
 
     def _write_failed(self, exc: OSError) -> Error:
         """The gtcp error for a write that failed: the one write-side translation."""
@@ -573,43 +663,176 @@ class Stream:
         if self.closed:
             raise ClosedError()
 
-    def _wait_other(self, events: int) -> None:
-        """TLS only: a read that needs writability, or a write readability.
+    # -- TLS, half-close ---------------------------------------------------
 
-        Uses a watcher of its own so it cannot collide with a greenlet that
-        waits on the stream's shared watcher for the other direction.
+    def start_tls(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        timeout: float | None,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
+        """Put TLS on this stream and finish the handshake within *timeout* seconds.
+
+        TLS runs over two memory BIOs (``SSLContext.wrap_bio``): gtcp moves
+        the ciphertext between them and the socket itself, so the socket,
+        its watchers and every wait stay the stream's own (a plain
+        connection can be upgraded, STARTTLS), handshakes are cooperative
+        whatever the context's class, and a close_notify is one
+        ``SSL_shutdown`` under gtcp's control (see :meth:`_close_notify`).
+        The read buffer must be empty (the caller decides what to do with
+        plaintext read ahead). One ``gevent.Timeout`` bounds the whole
+        handshake (gevent's socket timeouts apply per wait). Raises
+        ``TLSError``; ``ClosedError`` if the stream is closed meanwhile (a
+        stop). Either way the stream cannot be used any more.
         """
-        watcher = self._hub.loop.io(self._raw.fileno(), events)
-        others = self._others
-        if others is None:
-            others = self._others = []
-        others.append(watcher)  # so that close() wakes this wait too
+        if self.closed:
+            raise ClosedError()
+        tin, tout = ssl.MemoryBIO(), ssl.MemoryBIO()
         try:
-            self._wait(watcher)
+            tls = context.wrap_bio(tin, tout, server_side=server_side,
+                                   server_hostname=server_hostname, session=session)
+        except (ssl.SSLError, ValueError) as exc:
+            raise TLSError(reason(exc)) from exc
+        self._tls, self._tin, self._tout = tls, tin, tout
+        timer = Timeout.start_new(timeout, _HandshakeTimeout) if timeout else None
+        try:
+            self._handshake(tls, tin)
+        except _HandshakeTimeout:
+            raise TLSError(f"TLS handshake timed out after {timeout:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            self._send_alert()
+            raise TLSError(exc.verify_message or reason(exc)) from exc
+        except ssl.SSLError as exc:
+            self._send_alert()
+            raise TLSError(reason(exc)) from exc
         finally:
-            others.remove(watcher)
-            watcher.close()
+            if timer is not None:
+                timer.cancel()
+        self._tls_ready = True
+        self.drained = not tin.pending
+
+    def _handshake(self, tls: Any, tin: Any) -> None:
+        while True:
+            try:
+                tls.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            self._send_tls_output()
+            if done:
+                return
+            self._wait(self._rwatch)
+            try:
+                chunk = self._raw.recv(READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise TLSError(f"TLS handshake failed: {reason(exc)}") from exc
+            if not chunk:
+                raise TLSError("Connection closed by the peer during the TLS handshake")
+            tin.write(chunk)
+
+    def discard_readable(self) -> int:
+        """Read and drop what the socket already holds (never waits); the byte count."""
+        count = 0
+        try:
+            while True:
+                chunk = self._raw.recv(READ_SIZE)
+                if not chunk:
+                    return count
+                count += len(chunk)
+        except OSError:  # BlockingIOError included: nothing more now
+            return count
+
+    def _send_alert(self) -> None:
+        """Best effort: tell the peer why the handshake failed (the alert OpenSSL wrote)."""
+        out = self._tout.read() if self._tout is not None else b""
+        if out:
+            try:
+                self._raw.send(out)
+            except OSError:
+                pass
+
+    def send_eof(self) -> None:
+        """Shut the write side (TLS: close_notify, then FIN) and keep reading.
+
+        Queued replies go first. Later writes raise ``ClosedError``; a
+        second call does nothing; after :meth:`close` it raises
+        ``ClosedError``. Blocks (under ``write_timeout``) only if the
+        close_notify does not fit the socket buffer.
+        """
+        if self.closed:
+            raise ClosedError()
+        if self.eof_sent:
+            return
+        self.flush()
+        self.eof_sent = True
+        if self._tls is not None and self._tls_ready:
+            notify = self._close_notify()
+            if notify:
+                if self.wlock is None:
+                    self.wlock = Semaphore(1)
+                with self.wlock:
+                    self._write_slow(iter((notify,)))
+        self._shutdown_write()
+
+    def _close_notify(self) -> bytes:
+        """Our close_notify as bytes to send: exactly one ``SSL_shutdown`` that reads nothing.
+
+        CPython's ``shutdown()`` calls ``SSL_shutdown`` twice, and the second
+        call reads: had the peer's data already arrived, OpenSSL would fail
+        it as application data after close_notify, and it would be lost with
+        the connection. Taking the unread ciphertext out of the incoming BIO
+        for that call, and putting it back after, leaves the second call
+        nothing to read, so what the peer sends later is still decrypted by
+        later reads (the half-close).
+        """
+        tls: Any = self._tls
+        tin: Any = self._tin
+        unread = tin.read()
+        try:
+            tls.unwrap()
+        except (ssl.SSLError, ValueError):  # SSLWantReadError: ours out, the peer's not in
+            pass
+        if unread:
+            tin.write(unread)
+        return self._tout.read()  # type: ignore[union-attr]
 
     # -- closing ---------------------------------------------------------
 
     def close(self) -> None:
         """Start a graceful close; idempotent, never blocks.
 
-        Sends close_notify (TLS, one attempt), shuts the write side and wakes
-        every greenlet waiting on this stream with ``ClosedError``. The
-        descriptor stays open until :meth:`finish`. If the close_notify does
-        not fit the socket buffer, it is flushed by :meth:`finish` (bounded
-        by ``CLOSE_NOTIFY_SECONDS``) before the write side is shut. Replies
-        still queued are dropped: call :meth:`flush` first to send them.
+        Sends close_notify (TLS, one attempt, never waiting for the peer's),
+        shuts the write side and wakes every greenlet waiting on this stream
+        with ``ClosedError``. The descriptor stays open until :meth:`finish`.
+        If the close_notify does not fit the socket buffer, it is flushed by
+        :meth:`finish` (bounded by ``CLOSE_NOTIFY_SECONDS``) before the write
+        side is shut. Replies still queued are dropped: call :meth:`flush`
+        first to send them.
         """
         if self.closed:
             return
         self.closed = True
         self._out = []
         self._out_size = 0
-        if self._sslobj is not None and not self._send_close_notify():
-            self._notify_pending = True
-        else:
+        wlock = self.wlock
+        if (self._tls is not None and self._tls_ready and not self.eof_sent
+                and (wlock is None or not wlock.locked())):  # not in the middle of a record
+            notify = self._close_notify()
+            try:
+                sent = self._raw.send(notify)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = len(notify)
+            if sent < len(notify):
+                self._notify_left = notify[sent:]
+                self._notify_pending = True
+        if not self._notify_pending:
             self._shutdown_write()
         self.wake_all()
 
@@ -636,21 +859,6 @@ class Stream:
         except OSError:
             pass
 
-    def _send_close_notify(self) -> bool:
-        """One ``SSL_shutdown``: False if the close_notify is still unsent."""
-        sslobj: Any = self._sslobj
-        try:
-            sslobj.shutdown()
-        except ssl.SSLWantReadError:
-            # Our close_notify is out; OpenSSL now wants the peer's, which
-            # we do not wait for (a peer that never answers would hang us).
-            pass
-        except ssl.SSLWantWriteError:
-            return False
-        except (OSError, ValueError):  # ssl.SSLError included
-            pass
-        return True
-
     def _private_watcher(self, events: int) -> Any:
         """A watcher of its own, registered so that wake_all() can end its wait."""
         watcher = self._hub.loop.io(self._raw.fileno(), events)
@@ -670,11 +878,16 @@ class Stream:
         watcher = self._private_watcher(WRITE)
         timer = Timeout.start_new(bound, _Lingered)
         try:
-            while not self._send_close_notify():
-                self._hub.wait(watcher)
+            left = self._notify_left
+            while left:
+                try:
+                    left = left[self._raw.send(left):]
+                except BlockingIOError:
+                    self._hub.wait(watcher)
         except (OSError, Interrupted, _Lingered):
             pass
         finally:
+            self._notify_left = b""
             timer.cancel()
             self._drop_watcher(watcher)
 
@@ -763,71 +976,15 @@ class Stream:
 
     @property
     def tls(self) -> TLSInfo | None:
-        """Facts about the TLS connection, or ``None`` on plain TCP."""
-        if self._sslobj is None:
+        """Facts about the TLS connection, or ``None`` on plain TCP (or mid-handshake)."""
+        if self._tls is None or not self._tls_ready:
             return None
         from ._tls import tls_info
 
-        return tls_info(self._gsock)
+        return tls_info(self._tls)
 
     @property
-    def sslobj(self) -> Any:
-        """The C-level TLS object, or None on plain TCP."""
-        return self._sslobj
+    def tls_object(self) -> ssl.SSLObject | None:
+        """The ``ssl.SSLObject`` once TLS is on, else None."""
+        return self._tls
 
-
-class _HandshakeTimeout(Exception):
-    """Private marker: the handshake deadline passed."""
-
-
-def handshake(
-    gsock: Any,
-    context: Any,
-    timeout: float | None,
-    *,
-    server_side: bool,
-    server_hostname: str | None = None,
-    session: Any = None,
-    on_wrapped: Callable[[Any], None] | None = None,
-) -> Any:
-    """Wrap *gsock* in TLS and finish the handshake within *timeout* seconds.
-
-    gevent's socket timeouts apply per wait, so a peer sending its hello a
-    byte at a time would never be cut by them: the deadline here is one
-    ``gevent.Timeout`` around the whole handshake. Returns the gevent
-    ``SSLSocket``; raises ``TLSError`` (the wrapped socket is closed).
-    """
-    try:
-        tls = context.wrap_socket(
-            gsock,
-            server_side=server_side,
-            server_hostname=server_hostname,
-            do_handshake_on_connect=False,
-            session=session,
-        )
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise TLSError(reason(exc)) from exc
-    if on_wrapped is not None:
-        on_wrapped(tls)  # lets a stop end the handshake (Connection.abort)
-    timer = Timeout.start_new(timeout, _HandshakeTimeout) if timeout else None
-    try:
-        tls.do_handshake()
-    except _HandshakeTimeout:
-        tls.close()
-        raise TLSError(f"TLS handshake timed out after {timeout:g} s") from None
-    except ssl.SSLCertVerificationError as exc:
-        tls.close()
-        raise TLSError(exc.verify_message or reason(exc)) from exc
-    except _TLS_EOF as exc:
-        tls.close()
-        raise TLSError("Connection closed by the peer during the TLS handshake") from exc
-    except (ssl.SSLError, OSError) as exc:
-        tls.close()
-        raise TLSError(reason(exc)) from exc
-    except BaseException:  # a caller's own Timeout, a kill: no socket left behind
-        tls.close()
-        raise
-    finally:
-        if timer is not None:
-            timer.cancel()
-    return tls
