@@ -1,4 +1,4 @@
-"""Chat server: every message a client sends goes to every other client.
+"""Chat server: every line a client sends goes to every other client.
 
 After Ballerina's ``tcp-chat-server`` example. Run it and connect a few
 terminals with ``nc``::
@@ -7,9 +7,13 @@ terminals with ``nc``::
     nc 127.0.0.1 3000
 
 Each client is greeted with :data:`WELCOME` once it has joined (so a client
-that has read the greeting knows it will receive what the others send). What
-a client sends is passed on to the others as it arrives, byte for byte: TCP
-delivers bytes, not lines, so a long line may go out in several pieces.
+that has read the greeting knows it will receive what the others send). A
+message is a line: the listener's ``framing=gtcp.Lines(...)`` hands
+``on_bytes`` one whole line at a time, however TCP cut it up, and the line
+goes to the others whole, ending with ``b"\\n"`` (a ``b"\\r\\n"`` ending,
+as telnet sends, arrives as ``b"\\n"``). A half-typed line waits for its end. A
+line over :data:`MAX_LINE` bytes ends its sender's connection (gtcp's
+``FrameTooLongError``, logged); the others stay.
 
 Writes go out from the sender's connection greenlet through each recipient's
 ``Caller``. A recipient whose write fails (it went away, or did not read for
@@ -34,7 +38,10 @@ import gtcp
 log = logging.getLogger(__name__)
 
 #: Sent to each client once it has joined the room.
-WELCOME = b"Welcome! What you send goes to everyone else.\r\n"
+WELCOME = b"Welcome! Each line you send goes to everyone else.\n"
+
+#: Longest line a client may send, in bytes, not counting its ending.
+MAX_LINE = 64 * 1024
 
 #: Seconds a write to a client that does not read may block the sender
 #: before that client is dropped.
@@ -59,8 +66,9 @@ class ChatServer(gtcp.Service):
         print(f"{_name(caller)} joined ({len(self.callers)} connected)", flush=True)
         return ChatConnection(self, caller)
 
-    def broadcast(self, sender: gtcp.Caller, data: bytes) -> None:
-        """Write *data* to every caller but *sender*; drop those that fail."""
+    def broadcast(self, sender: gtcp.Caller, line: bytes) -> None:
+        """Write *line* and ``b"\\n"`` to every caller but *sender*; drop those that fail."""
+        data = line + b"\n"
         for caller in list(self.callers):
             if caller is sender:
                 continue
@@ -78,18 +86,18 @@ class ChatServer(gtcp.Service):
 
 
 class ChatConnection(gtcp.ConnectionService):
-    """One member's connection: pass on what it sends; leave when it ends."""
+    """One member's connection: pass on each line it sends; leave when it ends."""
 
     def __init__(self, room: ChatServer, caller: gtcp.Caller) -> None:
         self.room = room
         self.caller = caller
 
-    def on_bytes(self, data: bytes) -> None:
-        """Pass the chunk on to everyone else."""
-        self.room.broadcast(self.caller, data)
+    def on_bytes(self, line: bytes) -> None:
+        """Pass the line (without its ending) on to everyone else."""
+        self.room.broadcast(self.caller, line)
 
     def on_error(self, err: gtcp.Error) -> None:
-        """A read or write on this connection failed; it closes next."""
+        """A read or write on this connection failed, or a line was too long; it closes next."""
         log.info("%s: %s", _name(self.caller), err)
 
     def on_close(self) -> None:
@@ -101,10 +109,14 @@ def _name(caller: gtcp.Caller) -> str:
     return f"{caller.remote_host}:{caller.remote_port}"
 
 
-def start(host: str = "127.0.0.1", port: int = 0) -> gtcp.Listener:
-    """Start the chat listener on *host*:*port* (0: a free port) and return it."""
-    listener = gtcp.Listener(port, local_host=host, write_timeout=WRITE_TIMEOUT)
-    listener.attach(ChatServer())
+def start(host: str = "127.0.0.1", port: int = 0, room: ChatServer | None = None) -> gtcp.Listener:
+    """Start the chat listener on *host*:*port* (0: a free port) and return it.
+
+    *room* is the :class:`ChatServer` to serve (default: a new one).
+    """
+    listener = gtcp.Listener(port, local_host=host, write_timeout=WRITE_TIMEOUT,
+                             framing=gtcp.Lines(max_length=MAX_LINE))
+    listener.attach(room if room is not None else ChatServer())
     listener.start()
     return listener
 

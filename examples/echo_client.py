@@ -4,9 +4,9 @@ Start ``examples/echo_server.py`` first, then::
 
     python examples/echo_client.py --port 3000
 
-It sends ``Hello Ballerina Echo from client``, prints ``Received: ...`` with
-the reply and closes. From Python, ``main(host, port)`` does the same and
-returns the text received.
+It sends ``Hello Ballerina Echo from client``, reads back as many bytes as it
+sent, prints ``Received: ...`` with them and closes. From Python,
+``main(host, port)`` does the same and returns the text received.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import gtcp
 
 MESSAGE = "Hello Ballerina Echo from client"
 
-#: Seconds to wait for the connection and for the reply.
+#: Seconds to wait for the connection, and for the whole reply.
 TIMEOUT = 30.0
 
 
@@ -27,11 +27,9 @@ def main(host: str = "127.0.0.1", port: int = 3000, message: str = MESSAGE) -> s
     with gtcp.Client(host, port, timeout=TIMEOUT, connect_timeout=TIMEOUT) as client:
         client.write_bytes(sent)
         # TCP carries bytes, not messages: the echo may come back in several
-        # reads. The Ballerina sample reads once; waiting for every byte sent
-        # is what a client that must not print half a reply does.
-        received = client.read_bytes()
-        while len(received) < len(sent):
-            received += client.read_bytes()
+        # pieces. The Ballerina sample reads once; read_exactly waits for
+        # every byte sent, so the whole reply is printed, never half of it.
+        received = client.read_exactly(len(sent))
     text = received.decode("utf-8", errors="replace")
     print("Received:", text, flush=True)
     return text

@@ -16,17 +16,22 @@ From Python, ``main(host, port, body)`` runs the server and the client once
 and returns the response text; ``start(host, port)`` and ``post(host, port,
 body)`` are the two halves.
 
+Neither side buffers by hand. The server's framing hands ``on_bytes`` one
+whole request head (``gtcp.Delimited`` at the blank line), then, if the head
+announces one, exactly the body (``gtcp.FixedSize``); the client reads with
+``read_until`` and ``read_exactly``.
+
 This is an illustration of framing a protocol on a byte stream, not an HTTP
-implementation: no chunked bodies, no ``Expect: 100-continue``.
+implementation: no chunked bodies, no ``Expect: 100-continue``. A request
+head over :data:`MAX_HEAD` bytes closes the connection without an answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
@@ -47,14 +52,16 @@ MAX_BODY = 1024 * 1024
 #: Seconds the client waits to connect and for each part of the response.
 TIMEOUT = 30.0
 
-_HEAD_END = b"\r\n\r\n"
+#: The listener's framing: a request head ends at the first blank line. A
+#: longer head is gtcp's FrameTooLongError: the connection closes unanswered.
+HEAD = gtcp.Delimited(b"\r\n\r\n", max_length=MAX_HEAD)
 
 
 class BadRequest(Exception):
     """The bytes received are not a request this server can answer."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Request:
     """One parsed HTTP/1.1 request."""
 
@@ -98,69 +105,69 @@ def response(status: str, body: bytes, *, content_type: str = "text/plain", clos
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 
-class HttpEchoService(gtcp.ConnectionService):
-    """One connection: buffer bytes until a whole request is in, answer it.
+def parse_request(head: bytes) -> tuple[Request, int]:
+    """The request a head starts (its body still empty), and the length of its body."""
+    request_line, headers = parse_head(head)
+    try:
+        method, target, version = request_line.split(" ")
+    except ValueError:
+        raise BadRequest(f"malformed request line {request_line!r}") from None
+    return Request(method, target, version, headers, b""), content_length(headers)
 
-    ``on_bytes`` gets whatever TCP delivered: part of a request, one request,
-    or several (pipelining). The buffer is parsed until it holds no complete
-    request; the rest waits for the next chunk.
+
+def answer(request: Request, close: bool) -> bytes:
+    """The response to a whole request: its body echoed to a POST, else 400."""
+    if request.method != "POST":
+        return response("400 Bad Request", b"Only POST requests are echoed\n", close=close)
+    content_type = request.headers.get("content-type", "text/plain")
+    return response("200 Ok", request.body, content_type=content_type, close=close)
+
+
+class HttpEchoService(gtcp.ConnectionService):
+    """One connection: each request comes as a head, then (if announced) a body.
+
+    The listener's :data:`HEAD` framing gives ``on_bytes`` one whole head. A
+    head announcing *n* body bytes switches the framing to
+    ``gtcp.FixedSize(n)``, so the next call gets exactly the body, and then
+    back to :data:`HEAD`. Pipelined requests are answered in order.
     """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._request: Request | None = None  # a request whose body comes next
 
-    def on_bytes(self, caller: gtcp.Caller, data: bytes) -> None:
-        """Add *data* to the buffer and answer every complete request in it."""
-        self._buffer += data
+    def on_bytes(self, caller: gtcp.Caller, frame: bytes) -> None:
+        """*frame* is a request head, or the body the last head announced."""
+        if self._request is None:
+            try:
+                request, length = parse_request(frame)
+            except BadRequest as exc:
+                self._send(caller, response("400 Bad Request", f"{exc}\n".encode(), close=True), close=True)
+                return
+            if length > 0:  # the next frame is the body: exactly its bytes
+                self._request = request
+                caller.framing = gtcp.FixedSize(length)
+                return
+        else:  # the body is in; the next frame is a head again
+            request, self._request = dataclasses.replace(self._request, body=frame), None
+            caller.framing = HEAD
+        close = request.headers.get("connection", "").lower() == "close"
+        self._send(caller, answer(request, close), close)
+
+    @staticmethod
+    def _send(caller: gtcp.Caller, reply: bytes, close: bool) -> None:
+        # Written raw: a reply returned from on_bytes would be encoded by the
+        # framing, and HEAD would add a blank line of its own.
         try:
-            for reply, close in self._replies():
-                caller.write_bytes(reply)
-                if close:
-                    caller.close()
-                    return
+            caller.write_bytes(reply)
         except gtcp.Error as err:
             # The client went away mid-answer: not a bug, nothing to retry.
             log.warning("Cannot answer %s:%s: %s", caller.remote_host, caller.remote_port, err)
+            close = True
+        if close:
             caller.close()
 
-    def _replies(self) -> Iterator[tuple[bytes, bool]]:
-        """(response, close after it) for each complete request buffered."""
-        try:
-            while (request := self._take_request()) is not None:
-                close = request.headers.get("connection", "").lower() == "close"
-                yield self._answer(request, close), close
-        except BadRequest as exc:
-            yield response("400 Bad Request", f"{exc}\n".encode(), close=True), True
-
-    def _take_request(self) -> Request | None:
-        """Remove and return the first complete request, or None if there is none yet."""
-        end = self._buffer.find(_HEAD_END)
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD:
-                raise BadRequest("request head too large")
-            return None
-        request_line, headers = parse_head(bytes(self._buffer[:end]))
-        try:
-            method, target, version = request_line.split(" ")
-        except ValueError:
-            raise BadRequest(f"malformed request line {request_line!r}") from None
-        start = end + len(_HEAD_END)
-        length = content_length(headers)
-        if len(self._buffer) < start + length:
-            return None
-        body = bytes(self._buffer[start:start + length])
-        del self._buffer[:start + length]
-        return Request(method, target, version, headers, body)
-
-    @staticmethod
-    def _answer(request: Request, close: bool) -> bytes:
-        if request.method != "POST":
-            return response("400 Bad Request", b"Only POST requests are echoed\n", close=close)
-        content_type = request.headers.get("content-type", "text/plain")
-        return response("200 Ok", request.body, content_type=content_type, close=close)
-
     def on_error(self, err: gtcp.Error) -> None:
-        """A read or write failed; the connection closes next."""
+        """A read or write failed, or a head was over MAX_HEAD; the connection closes next."""
         log.warning("HTTP connection failed: %s", err)
 
 
@@ -174,7 +181,7 @@ class HttpEcho(gtcp.Service):
 
 def start(host: str = "127.0.0.1", port: int = 0) -> gtcp.Listener:
     """Start the HTTP echo listener on *host*:*port* (0: a free port) and return it."""
-    listener = gtcp.Listener(port, local_host=host)
+    listener = gtcp.Listener(port, local_host=host, framing=HEAD)
     listener.attach(HttpEcho())
     listener.start()
     return listener
@@ -182,14 +189,9 @@ def start(host: str = "127.0.0.1", port: int = 0) -> gtcp.Listener:
 
 def read_response(client: gtcp.Client) -> bytes:
     """Read one whole HTTP response: its head, then Content-Length bytes of body."""
-    data = bytearray()
-    while (end := data.find(_HEAD_END)) < 0:
-        data += client.read_bytes()
-    _, headers = parse_head(bytes(data[:end]))
-    total = end + len(_HEAD_END) + content_length(headers)
-    while len(data) < total:
-        data += client.read_bytes()
-    return bytes(data[:total])
+    head = client.read_until(b"\r\n\r\n", max_length=MAX_HEAD)
+    _, headers = parse_head(head[:-4])
+    return head + client.read_exactly(content_length(headers))
 
 
 def post(host: str, port: int, body: str = BODY, path: str = "/test") -> str:

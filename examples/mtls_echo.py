@@ -182,16 +182,15 @@ def connect(certs: Certs, host: str, port: int, *, versions: Sequence[str] = ())
 
 
 def exchange(client: gtcp.Client, message: str = MESSAGE) -> str:
-    """Read the greeting line, send *message*, read its echo; all the text received."""
-    received = b""
-    while b"\n" not in received:
-        received += client.read_bytes()
+    """Read the greeting line, send *message*, read its echo; all the text received.
+
+    The greeting and the echo may each arrive in several pieces: ``read_line``
+    and ``read_exactly`` wait for the whole of them.
+    """
+    greeting = client.read_line()
     sent = message.encode("utf-8")
     client.write_bytes(sent)
-    echoed = b""
-    while len(echoed) < len(sent):
-        echoed += client.read_bytes()
-    return (received + echoed).decode("utf-8", errors="replace")
+    return (greeting + client.read_exactly(len(sent))).decode("utf-8", errors="replace")
 
 
 def main(

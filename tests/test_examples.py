@@ -66,14 +66,6 @@ def client(port: int) -> gtcp.Client:
     return gtcp.Client("127.0.0.1", port, timeout=LONG, connect_timeout=LONG)
 
 
-def read_exactly(reader: gtcp.Client, size: int) -> bytes:
-    """Read until *size* bytes came, in as many reads as it takes."""
-    data = b""
-    while len(data) < size:
-        data += reader.read_bytes()
-    return data
-
-
 def recv_until_eof(sock: Any) -> bytes:
     parts = []
     while chunk := sock.recv(65536):
@@ -89,7 +81,7 @@ def test_echo_server_greets_prints_and_echoes(running: Any, capsys: pytest.Captu
     port = running(echo_server)
     with client(port) as c:
         c.write_bytes(b"hello echo")
-        assert read_exactly(c, 10) == b"hello echo"
+        assert c.read_exactly(10) == b"hello echo"
         local_port = c.local_address[1]
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"Echo server listening on 127.0.0.1:{port}"
@@ -121,6 +113,40 @@ def test_echo_client_sends_the_sample_message(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out.splitlines()
     echoed = out.index("Echo: Hello Ballerina Echo from client")
     assert out.index("Received: Hello Ballerina Echo from client") > echoed
+
+
+@pytest.mark.timeout(60)
+def test_echo_client_waits_for_the_whole_echo_of_a_long_message() -> None:
+    message = "é" * 200_000  # 400 000 bytes: several reads on the client's side
+    listener = echo_server.start("127.0.0.1", 0)
+    try:
+        assert echo_client.main("127.0.0.1", listener.port, message) == message
+    finally:
+        listener.immediate_stop()
+
+
+class _HalfEcho(gtcp.Service, gtcp.ConnectionService):
+    """Echoes half of what it gets, then hangs up."""
+
+    def on_connect(self, caller: gtcp.Caller) -> _HalfEcho:
+        return self
+
+    def on_bytes(self, caller: gtcp.Caller, data: bytes) -> None:
+        caller.write_bytes(data[: len(data) // 2])
+        caller.close()
+
+
+@pytest.mark.timeout(60)
+def test_echo_client_reports_an_echo_cut_short() -> None:
+    listener = gtcp.Listener(0, local_host="127.0.0.1")
+    listener.attach(_HalfEcho())
+    listener.start()
+    try:
+        with pytest.raises(gtcp.PeerClosedError) as info:
+            echo_client.main("127.0.0.1", listener.port, "0123456789")
+    finally:
+        listener.immediate_stop()
+    assert info.value.partial == b"01234"
 
 
 @pytest.mark.timeout(60)
@@ -171,18 +197,84 @@ def test_http_over_tcp_answers_pipelined_requests_in_order() -> None:
     assert "Connection: close" in third
 
 
+def ok(body: bytes) -> bytes:
+    """The server's exact answer to a ``text/plain`` POST of *body*."""
+    return b"HTTP/1.1 200 Ok\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
 @pytest.mark.timeout(60)
 def test_http_over_tcp_waits_for_the_whole_body() -> None:
     listener = http_over_tcp.start("127.0.0.1", 0)
     try:
         with client(listener.port) as c:
-            c.write_bytes(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234")
+            c.write_bytes(b"POST / HTTP/1.1\r\nContent-Len")
+            c.write_bytes(b"gth: 10\r\n\r")
+            c.write_bytes(b"\n01234")
             c.write_bytes(b"56789")
             reply = http_over_tcp.read_response(c)
     finally:
         listener.immediate_stop()
-    assert reply.startswith(b"HTTP/1.1 200 Ok\r\n")
-    assert reply.endswith(b"\r\n\r\n0123456789")
+    assert reply == ok(b"0123456789")
+
+
+@pytest.mark.timeout(60)
+def test_http_over_tcp_body_is_cut_by_length_not_by_blank_lines() -> None:
+    # The body holds the head delimiter; the framing switches to FixedSize
+    # for it, then back to heads for the request after it.
+    listener = http_over_tcp.start("127.0.0.1", 0)
+    try:
+        with client(listener.port) as c:
+            c.write_bytes(b"POST / HTTP/1.1\r\nContent-Length: 7\r\n\r\na\r\n\r\nbc"
+                          b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nxy")
+            assert http_over_tcp.read_response(c) == ok(b"a\r\n\r\nbc")
+            assert http_over_tcp.read_response(c) == ok(b"xy")
+    finally:
+        listener.immediate_stop()
+
+
+@pytest.mark.timeout(60)
+def test_http_over_tcp_answers_an_empty_body_at_once() -> None:
+    # No body to wait for: the answer comes with nothing sent after the head.
+    listener = http_over_tcp.start("127.0.0.1", 0)
+    try:
+        with client(listener.port) as c:
+            c.write_bytes(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            assert http_over_tcp.read_response(c) == ok(b"")
+            c.write_bytes(b"POST / HTTP/1.1\r\n\r\n")  # no Content-Length: no body either
+            assert http_over_tcp.read_response(c) == ok(b"")
+    finally:
+        listener.immediate_stop()
+
+
+def head_of(size: int) -> bytes:
+    """A POST head of exactly *size* bytes (blank line not counted), announcing a 2-byte body."""
+    head = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nX-Pad: "
+    return head + b"p" * (size - len(head))
+
+
+@pytest.mark.timeout(60)
+def test_http_over_tcp_accepts_a_head_of_max_head_bytes() -> None:
+    listener = http_over_tcp.start("127.0.0.1", 0)
+    try:
+        with client(listener.port) as c:
+            c.write_bytes(head_of(http_over_tcp.MAX_HEAD) + b"\r\n\r\nok")
+            assert http_over_tcp.read_response(c) == ok(b"ok")
+    finally:
+        listener.immediate_stop()
+
+
+@pytest.mark.timeout(60)
+def test_http_over_tcp_closes_unanswered_on_a_head_over_max_head(caplog: pytest.LogCaptureFixture) -> None:
+    listener = http_over_tcp.start("127.0.0.1", 0)
+    try:
+        with gevent.socket.create_connection(("127.0.0.1", listener.port)) as sock:
+            sock.sendall(head_of(http_over_tcp.MAX_HEAD + 1) + b"\r\n\r\nok")
+            assert recv_until_eof(sock) == b""
+    finally:
+        listener.graceful_stop(timeout=LONG)  # the connection, and its on_error, are done
+    assert [r.getMessage() for r in caplog.records if r.name == http_over_tcp.__name__] == [
+        f"HTTP connection failed: Frame too long: more than max_length ({http_over_tcp.MAX_HEAD} bytes)"
+    ]
 
 
 @pytest.mark.timeout(60)
@@ -204,7 +296,7 @@ def test_http_over_tcp_rejects_a_bad_content_length() -> None:
 def join(port: int) -> gtcp.Client:
     """A chat member that has read the greeting, so it is in the room."""
     member = client(port)
-    assert read_exactly(member, len(chat_server.WELCOME)) == chat_server.WELCOME
+    assert member.read_line() == chat_server.WELCOME
     return member
 
 
@@ -214,16 +306,65 @@ def test_chat_server_message_reaches_every_other_member(running: Any) -> None:
     a, b, c = join(port), join(port), join(port)
     try:
         a.write_bytes(b"hello from a\n")
-        assert read_exactly(b, 13) == b"hello from a\n"
-        assert read_exactly(c, 13) == b"hello from a\n"
-        # The sender does not get its own message: the next bytes it reads
-        # are what someone else sent.
+        assert b.read_line() == b"hello from a\n"
+        assert c.read_line() == b"hello from a\n"
+        # The sender does not get its own message: the next line it reads
+        # is what someone else sent.
         b.write_bytes(b"hi a\n")
-        assert read_exactly(a, 5) == b"hi a\n"
-        assert read_exactly(c, 5) == b"hi a\n"
+        assert a.read_line() == b"hi a\n"
+        assert c.read_line() == b"hi a\n"
     finally:
         for member in (a, b, c):
             member.close()
+
+
+@pytest.mark.timeout(60)
+def test_chat_server_passes_on_whole_lines_only(running: Any) -> None:
+    port = running(chat_server)
+    a, b, c = join(port), join(port), join(port)
+    first, rest = b"x" * 40_000, b"y" * 20_000
+    try:
+        # a's half line is held back: what c sends meanwhile comes first.
+        a.write_bytes(first)
+        c.write_bytes(b"from c\n")
+        assert b.read_line() == b"from c\n"
+        assert a.read_line() == b"from c\n"
+        a.write_bytes(rest + b"\n")
+        assert b.read_line() == first + rest + b"\n"
+        assert c.read_line() == first + rest + b"\n"
+        # A telnet line ending (CRLF) goes out as b"\n"; each line of a write
+        # that holds several (an empty one too) goes out.
+        b.write_bytes(b"typed in telnet\r\n\nlast\n")
+        assert a.read_exactly(22) == b"typed in telnet\n\nlast\n"
+        # The longest line allowed goes through whole.
+        longest = b"z" * chat_server.MAX_LINE
+        c.write_bytes(longest + b"\r\n")
+        assert a.read_line() == longest + b"\n"
+        assert b.read_line() == longest + b"\n"
+    finally:
+        for member in (a, b, c):
+            member.close()
+
+
+@pytest.mark.timeout(60)
+def test_chat_server_line_over_max_line_closes_only_its_sender() -> None:
+    room = _Room()
+    listener = chat_server.start("127.0.0.1", 0, room)
+    try:
+        a, b, flood = join(listener.port), join(listener.port), join(listener.port)
+        flood_port = flood.local_address[1]
+        flood.write_bytes(b"f" * (chat_server.MAX_LINE + 1) + b"\n")
+        with pytest.raises(gtcp.PeerClosedError):
+            flood.read_bytes()
+        gone = room.left.get(timeout=LONG)
+        assert gone.remote_port == flood_port and len(room.callers) == 2
+        # Nothing of the long line went out; the others still talk.
+        a.write_bytes(b"still here\n")
+        assert b.read_line() == b"still here\n"
+        for member in (a, b, flood):
+            member.close()
+    finally:
+        listener.immediate_stop()
 
 
 @pytest.mark.timeout(60)
@@ -239,11 +380,11 @@ def test_chat_server_abrupt_disconnect_does_not_break_broadcast(running: Any) ->
         for n in range(3):
             message = f"message {n}\n".encode()
             a.write_bytes(message)
-            assert read_exactly(b, len(message)) == message
-            assert read_exactly(c, len(message)) == message
+            assert b.read_line() == message
+            assert c.read_line() == message
         late = join(port)
         c.write_bytes(b"still here\n")
-        assert read_exactly(late, 11) == b"still here\n"
+        assert late.read_line() == b"still here\n"
         late.close()
     finally:
         for member in (a, b, c):
@@ -275,7 +416,7 @@ def test_chat_server_failing_write_drops_only_that_member() -> None:
     others = [_Member(f"m{n}") for n in range(5)]
     room.callers.update([sender, broken, *others])
     room.broadcast(sender, b"hi")
-    assert all(member.received == [b"hi"] for member in others)
+    assert all(member.received == [b"hi\n"] for member in others)
     assert sender.received == []
     assert broken.closed and broken not in room.callers
     assert room.callers == {sender, *others}
@@ -296,9 +437,7 @@ class _Room(chat_server.ChatServer):
 @pytest.mark.timeout(60)
 def test_chat_server_member_leaves_the_room_on_close() -> None:
     room = _Room()
-    listener = gtcp.Listener(0, local_host="127.0.0.1")
-    listener.attach(room)
-    listener.start()
+    listener = chat_server.start("127.0.0.1", 0, room)
     try:
         a, b = join(listener.port), join(listener.port)
         assert len(room.callers) == 2

@@ -155,6 +155,19 @@ def test_mtls_echo_exchange_over_each_tls_version(mtls_certs: Any, version: str)
 
 
 @pytest.mark.timeout(60)
+def test_mtls_echo_exchange_waits_for_the_whole_echo(mtls_certs: Any) -> None:
+    message = "é" * 50_000  # 100 000 bytes: several TLS records, several reads
+    listener = mtls_echo.start(mtls_certs, "127.0.0.1", 0)
+    try:
+        with mtls_echo.connect(mtls_certs, "127.0.0.1", listener.port) as client:
+            assert mtls_echo.exchange(client, message) == f"Hello, {mtls_echo.CLIENT_NAME}!\n{message}"
+            client.write_bytes(b"more")  # exchange left nothing unread: the next echo is this
+            assert client.read_exactly(4) == b"more"
+    finally:
+        listener.immediate_stop()
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_mtls_echo_listener_refuses_a_client_without_a_certificate(
     mtls_certs: Any, version: str, capsys: pytest.CaptureFixture[str]
