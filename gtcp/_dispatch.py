@@ -289,7 +289,7 @@ class Connection:
                       type(service).__name__, caller.id, result)
             return None
         try:
-            return resolve(result)
+            return resolve(result, type(service).__name__)
         except TypeError as exc:
             log.error("%s; closing connection %s", exc, caller.id)
             return None
@@ -365,12 +365,14 @@ class Connection:
                     continue
                 return ReadTimeoutError() if self.idle_expired else None
             except PeerClosedError as exc:
-                if stream.rpos < len(stream.rbuf) and exc.__cause__ is None:
+                if exc.__cause__ is not None:
+                    return exc  # a reset is reported
+                if stream.rpos < len(stream.rbuf):
                     # EOF in the middle of a frame (framing is on: raw bytes
                     # would have been delivered).
                     return PeerClosedError.mid_frame(stream.take(stream.buffered))
-                # EOF (no cause) is the natural end; a reset is reported.
-                return exc if exc.__cause__ is not None else None
+                # EOF is the natural end; on_eof, if any, has the last word.
+                return None if callbacks.on_eof is None else self._eof(stream, caller, callbacks)
             except TLSError as exc:
                 return exc
             if codec is None and stream.rpos >= len(stream.rbuf):
@@ -421,6 +423,24 @@ class Connection:
             return None
 
         return deliver
+
+    def _eof(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Error | None:
+        """The peer half-closed: run ``on_eof``, send what it returns; the error for on_error, if any."""
+        on_eof: Any = callbacks.on_eof
+        try:
+            result = on_eof(caller) if callbacks.on_eof_with_caller else on_eof()
+        except _HANDLER_FAILURES:
+            log.exception("on_eof of connection %s raised; closing it", caller.id)
+            return None
+        if result is not None:
+            data = result if type(result) is bytes and stream.codec is None else _reply_bytes(
+                caller, stream.codec, result)
+            if data is not None and data is not _CLOSE:
+                try:
+                    stream.queue(data)
+                except Error as exc:
+                    return _send_failure(exc)
+        return self._flush(stream)
 
     @staticmethod
     def _flush(stream: Stream) -> Error | None:

@@ -26,6 +26,7 @@ _BALLERINA_NAMES = {
     "onBytes": "on_bytes",
     "onError": "on_error",
     "onClose": "on_close",
+    "onEof": "on_eof",
 }
 
 #: Allowed positional parameter counts (after ``self``) of each callback.
@@ -34,6 +35,7 @@ _ARITY = {
     "on_bytes": (1, 2),
     "on_error": (1,),
     "on_close": (0,),
+    "on_eof": (0, 1),
 }
 
 
@@ -64,13 +66,16 @@ class ConnectionService:
 class Callbacks:
     """A connection service's bound callbacks, resolved once per connection.
 
-    ``on_bytes_with_caller`` says whether ``on_bytes`` takes the caller.
+    ``on_bytes_with_caller`` (``on_eof_with_caller``) says whether
+    ``on_bytes`` (``on_eof``) takes the caller.
     """
 
     on_bytes: Callable[..., object]
     on_bytes_with_caller: bool
     on_error: Callable[[Error], object] | None
     on_close: Callable[[], object] | None
+    on_eof: Callable[..., object] | None = None
+    on_eof_with_caller: bool = False
 
 
 def _positional_count(method: Callable[..., object]) -> tuple[int, int] | None:
@@ -139,8 +144,8 @@ def check_service(service: object) -> None:
     _check_arity(service, "on_connect", on_connect)
 
 
-#: Per class: whether on_bytes takes the caller, once the class passed the checks.
-_CHECKED: dict[type, bool] = {}
+#: Per class, once it passed the checks: whether on_bytes and on_eof take the caller.
+_CHECKED: dict[type, tuple[bool, bool]] = {}
 
 
 def resolve(service: Any, source: str | None = None) -> Callbacks:
@@ -158,15 +163,16 @@ def resolve(service: Any, source: str | None = None) -> Callbacks:
         where = "on_connect" if source is None else f"on_connect of {source}"
         raise TypeError(f"{where} returned the class {name}, not an instance: return {name}()")
     cls = type(service)
-    with_caller = _CHECKED.get(cls)
-    if with_caller is not None and not _overrides(service):
-        return Callbacks(service.on_bytes, with_caller,
-                         getattr(service, "on_error", None), getattr(service, "on_close", None))
+    checked = _CHECKED.get(cls)
+    if checked is not None and not _overrides(service):
+        return Callbacks(service.on_bytes, checked[0],
+                         getattr(service, "on_error", None), getattr(service, "on_close", None),
+                         getattr(service, "on_eof", None), checked[1])
     callbacks = _resolve(service)
     if not _overrides(service):
         if len(_CHECKED) > 4096:  # classes made on the fly: do not grow forever
             _CHECKED.clear()
-        _CHECKED[cls] = callbacks.on_bytes_with_caller
+        _CHECKED[cls] = (callbacks.on_bytes_with_caller, callbacks.on_eof_with_caller)
     return callbacks
 
 
@@ -175,7 +181,7 @@ def _overrides(service: Any) -> bool:
     return attrs is not None and any(name in attrs for name in _CALLBACK_NAMES)
 
 
-_CALLBACK_NAMES = ("on_bytes", "on_error", "on_close", *_BALLERINA_NAMES)
+_CALLBACK_NAMES = ("on_bytes", "on_error", "on_close", "on_eof", *_BALLERINA_NAMES)
 
 
 def _resolve(service: Any) -> Callbacks:
@@ -188,11 +194,14 @@ def _resolve(service: Any) -> Callbacks:
         )
     with_caller = _check_arity(service, "on_bytes", on_bytes) == 2
     optional: dict[str, Callable[..., object] | None] = {}
-    for name in ("on_error", "on_close"):
+    eof_with_caller = False
+    for name in ("on_error", "on_close", "on_eof"):
         method = getattr(service, name, None)
         if method is not None and not callable(method):
             raise TypeError(f"{type(service).__name__}.{name} is not callable")
         if method is not None:
-            _check_arity(service, name, method)
+            count = _check_arity(service, name, method)
+            eof_with_caller = eof_with_caller or (name == "on_eof" and count == 1)
         optional[name] = method
-    return Callbacks(on_bytes, with_caller, optional["on_error"], optional["on_close"])
+    return Callbacks(on_bytes, with_caller, optional["on_error"], optional["on_close"],
+                     optional["on_eof"], eof_with_caller)
