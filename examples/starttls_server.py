@@ -107,7 +107,9 @@ class Smtp(gtcp.Service):
         return connection
 
 
-def start(host: str, port: int, secure_socket: gtcp.ListenerSecureSocket, service: Any = None) -> gtcp.Listener:
+def start(
+    host: str, port: int, secure_socket: gtcp.ListenerSecureSocket, service: Any = None
+) -> gtcp.Listener:
     """Start the plain listener (TLS comes with STARTTLS) and return it."""
     listener = gtcp.Listener(port, local_host=host, framing=gtcp.Lines(ending=b"\r\n", max_length=1000))
     listener.attach(service if service is not None else Smtp(secure_socket))

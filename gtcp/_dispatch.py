@@ -331,6 +331,8 @@ class Connection:
         while True:
             codec = stream.codec
             if stream.rpos < len(stream.rbuf):
+                if stream.closed:
+                    return None  # caller.close() (or a stop): frames still buffered are not delivered
                 if codec is None:
                     outcome = deliver(stream.take())
                     if outcome is not None:

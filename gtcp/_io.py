@@ -103,7 +103,8 @@ TLS_PIECE = 256 * 1024
 #: lingering close uses 2 s for the same purpose.
 LINGER_SECONDS = 2.0
 
-#: Bound on flushing a TLS close_notify to a peer that does not read.
+#: Bound on flushing, at a close, what did not fit the socket buffer (queued
+#: replies, a TLS close_notify) to a peer that does not read.
 CLOSE_NOTIFY_SECONDS = 1.0
 
 #: libev event masks, for the io watchers.
@@ -809,32 +810,43 @@ class Stream:
         Sends close_notify (TLS, one attempt, never waiting for the peer's),
         shuts the write side and wakes every greenlet waiting on this stream
         with ``ClosedError``. The descriptor stays open until :meth:`finish`.
-        If the close_notify does not fit the socket buffer, it is flushed by
-        :meth:`finish` (bounded by ``CLOSE_NOTIFY_SECONDS``) before the write
-        side is shut. Replies still queued are dropped: call :meth:`flush`
-        first to send them.
+        Replies still queued go out first. What does not fit the socket
+        buffer (queued replies, close_notify) is flushed by :meth:`finish`
+        (bounded by ``CLOSE_NOTIFY_SECONDS``) before the write side is shut.
         """
         if self.closed:
             return
         self.closed = True
-        self._out = []
-        self._out_size = 0
+        out, self._out, self._out_size = self._out, [], 0
         wlock = self.wlock
-        if (self._tls is not None and self._tls_ready and not self.eof_sent
-                and (wlock is None or not wlock.locked())):  # not in the middle of a record
-            notify = self._close_notify()
+        left = b""
+        if wlock is None or not wlock.locked():  # not in the middle of a record
+            if out:  # replies to earlier frames still go before the FIN
+                left = b"".join(out)
+                if self._tls is not None:
+                    left = self._encrypt_quietly(left)
+            if self._tls is not None and self._tls_ready and not self.eof_sent:
+                left += self._close_notify()
+        if left:
             try:
-                sent = self._raw.send(notify)
+                sent = self._raw.send(left)
             except BlockingIOError:
                 sent = 0
             except OSError:
-                sent = len(notify)
-            if sent < len(notify):
-                self._notify_left = notify[sent:]
+                sent = len(left)
+            if sent < len(left):
+                self._notify_left = left[sent:]
                 self._notify_pending = True
         if not self._notify_pending:
             self._shutdown_write()
         self.wake_all()
+
+    def _encrypt_quietly(self, data: bytes) -> bytes:
+        try:
+            self._tls.write(data)  # type: ignore[union-attr]
+        except (ssl.SSLError, ValueError):
+            return b""
+        return self._tout.read()  # type: ignore[union-attr]
 
     def wake_all(self) -> None:
         """Wake every greenlet waiting on this stream, a lingering close included."""

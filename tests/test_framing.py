@@ -801,3 +801,22 @@ def test_Listener_a_gigabyte_without_newline_keeps_memory_flat(tmp_path):
     assert lines[1] == "on_close\n"  # then the connection closed
     assert lines[2] == "on_close\n"  # the other client's
     assert after - before < 16 * 1024, (before, after, sent)
+
+
+def test_Listener_close_in_on_bytes_stops_delivery_of_buffered_frames(serve):
+    def reply(caller, frame):
+        if frame == b"quit":
+            caller.close()
+            return None
+        return b"echo " + frame
+
+    rec = Recorder(reply)
+    listener = serve(One(rec), framing=gtcp.Lines())
+    with _client(listener, {}) as client:
+        client.write_bytes(b"a\nquit\nb\nc\n")  # one segment: b and c are buffered at the close
+        assert client.read_line() == b"echo a\n"
+        with pytest.raises(gtcp.PeerClosedError):
+            client.read_line()
+    assert rec.closed.wait(LONG)
+    assert [rec.frames.get(timeout=LONG) for _ in range(2)] == [b"a", b"quit"]
+    assert rec.frames.empty() and rec.errors == []

@@ -271,7 +271,7 @@ def test_starttls_twice_and_from_another_greenlet_raise(pki, gtcp_log):
 
 
 def test_starttls_stop_during_the_handshake_ends_it_at_once(smtp):
-    listener, service = smtp
+    listener, _ = smtp
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
     reader = sock.makefile("rb")
     reader.readline()
