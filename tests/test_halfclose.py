@@ -382,7 +382,8 @@ def test_halfclose_openssl_s_client_ends_the_connection_at_our_close_notify(serv
             caller.send_eof()
             return Sink()
 
-    listener = serve(First(), secure_socket=gtcp.ListenerSecureSocket(key=gtcp.CertKey(pki["cert"], pki["key"])))
+    secure = gtcp.ListenerSecureSocket(key=gtcp.CertKey(pki["cert"], pki["key"]))
+    listener = serve(First(), secure_socket=secure)
     proc = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{listener.port}", "-CAfile", pki["ca"], f"-{version}",
          "-quiet"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
