@@ -56,9 +56,12 @@ class Service:
 class ConnectionService:
     """Base class for the per-connection service that ``on_connect`` returns.
 
-    Define ``on_bytes(self, data)`` or ``on_bytes(self, caller, data)``, and
-    optionally ``on_error(self, err)`` and ``on_close(self)``. Subclassing is
-    optional: any object with these methods works.
+    Define ``on_bytes(self, data)`` or ``on_bytes(self, caller, data)`` (one
+    chunk, or one frame with the listener's ``framing``), and optionally
+    ``on_error(self, err)``, ``on_close(self)`` and ``on_eof(self)`` or
+    ``on_eof(self, caller)`` (the peer half-closed: what it returns is sent,
+    then the connection closes). Subclassing is optional: any object with
+    these methods works.
     """
 
 
