@@ -347,7 +347,10 @@ class Connection:
                     return None
                 if found is not None:
                     frame, end = found
-                    stream.consume(end)
+                    if end < len(stream.rbuf):
+                        stream.rpos = end
+                    else:
+                        stream.consume(end)
                     outcome = deliver(frame)
                     if outcome is not None:
                         return None if outcome is _CLOSE else outcome  # type: ignore[return-value]

@@ -148,7 +148,7 @@ class Lines(Codec):
         ``ValueError`` if it holds a ``b"\\n"`` (it would arrive as two
         frames) or ends with ``b"\\r"`` (decoding would strip it).
         """
-        data = bytes(frame_bytes(frame))
+        data = frame if type(frame) is bytes else bytes(frame_bytes(frame))
         if b"\n" in data or data.endswith(b"\r"):
             raise ValueError("a line frame must not contain b'\\n' nor end with b'\\r': "
                              "it would not arrive as sent")
@@ -232,8 +232,8 @@ class LengthPrefixed(Codec):
 
     def encode(self, frame: Any) -> bytes:
         """The header and *frame*; ``FrameTooLongError`` if the header cannot hold its length."""
-        data = frame_bytes(frame)
-        size = len(data) if not isinstance(data, memoryview) else data.nbytes
+        data = frame if type(frame) is bytes else frame_bytes(frame)
+        size = len(data)  # a memoryview from frame_bytes is cast to bytes: len is its size
         if size >= 1 << (8 * self.header_size):
             raise FrameTooLongError(
                 f"Frame too long: {size} bytes do not fit a {self.header_size}-byte length header",
