@@ -493,9 +493,14 @@ def unavailable(
             skipped[name] = f"gtcp lacks {gtcp_needs.split(';')[0]}"
     for name, why in skipped.items():
         note = f"skipped {LABELS.get(name, name)}: {why}"
-        if note not in cfg.notes:
-            cfg.notes.append(note)
+        add_note(cfg, note)
     return skipped
+
+
+def add_note(cfg: Config, note: str) -> None:
+    """A line for under the table, once."""
+    if note not in cfg.notes:
+        cfg.notes.append(note)
 
 
 def compare_or_skip(
@@ -613,7 +618,7 @@ def resp_servers(cfg: Config, workdir: str) -> tuple[dict[str, Server], dict[str
         cmd = _harness.resp_command("asyncio" if stand_in else name)
         servers[name] = Server(name, None, cfg.server_core, cmd=cmd)
     for name, why in skipped.items():
-        cfg.notes.append(f"skipped RESP {LABELS[name]}: {why}")
+        add_note(cfg, f"skipped RESP {LABELS[name]}: {why}")
     return servers, skipped
 
 
@@ -627,7 +632,7 @@ def start_checked(cfg: Config, servers: dict[str, Server], skipped: dict[str, st
             server.stop()
             del servers[name]
             skipped[name] = "wrong replies"
-            cfg.notes.append(f"RESP {LABELS[name]} answered the check wrongly: {problem[:500]}")
+            add_note(cfg, f"RESP {LABELS[name]} answered the check wrongly: {problem[:500]}")
 
 
 def resp_run(cfg: Config, server: Server, pipeline: int) -> dict[str, Any]:
@@ -651,7 +656,7 @@ def resp_run(cfg: Config, server: Server, pipeline: int) -> dict[str, Any]:
 def scenario_resp(cfg: Config) -> list[Row]:
     """redis-benchmark -t ping,set,get -c 50, -P 1 and -P 16: gtcp's RESP example, asyncio, redis-server."""
     if shutil.which("redis-benchmark") is None:
-        cfg.notes.append("skipped resp: redis-benchmark not installed (apt-get install redis-tools)")
+        add_note(cfg, "skipped resp: redis-benchmark not installed (apt-get install redis-tools)")
         return [Row("RESP (redis-benchmark)", "-", "-", "-", "-", None, note="skip (no redis-benchmark)")]
     rows = []
     rounds = 1 if cfg.quick else cfg.rounds

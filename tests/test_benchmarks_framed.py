@@ -201,3 +201,18 @@ def test_redis_server_ceiling_starts_and_passes_the_check(tmp_path):
         assert _harness.resp_check(server.port) is None
     finally:
         server.stop()
+
+
+def test_run_targets_aims_and_skips_read_as_the_readme_says():
+    import run
+
+    target = run.Target(">=", 0.9, aim=1.2)
+    assert target.text() == ">= 0.9, aim >= 1.2"
+    assert (target.met(1.0), target.aim_met(1.0)) == (True, False)
+    assert run.Target(aim=1.0).text() == "aim >= 1" and run.Target(aim=1.0).met(0.5) is None
+    results = {"a": [{"mps": 120.0}, {"mps": 90.0}], "b": [{"mps": 100.0}, {"mps": 100.0}]}
+    row = run.compare("m", results, "a", "b", run.MPS, target)
+    assert row.cells()[3:] == ["1.05 [0.90..1.20]", ">= 0.9, aim >= 1.2", "pass, aim missed"]
+    skipped = run.compare_or_skip("m", results, "a", "c", run.MPS, target, {"c": "twisted not installed"})
+    assert skipped.ok is None and skipped.cells()[-1] == "skip (c: twisted not installed)"
+    assert run.selected(["framed,resp", "client_framed"]) == ["framed", "client_framed", "resp"]
