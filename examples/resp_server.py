@@ -65,6 +65,10 @@ class RespCodec(gtcp.Codec):
     a client that sends ``HELLO 3`` gets its connection switched to it.
     """
 
+    #: The most one command may make gtcp buffer (its backstop reads it): one
+    #: bulk string at its limit, and the lines around it.
+    max_length = MAX_BULK + MAX_LINE
+
     def __init__(self, resp3: bool = False) -> None:
         self.resp3 = resp3
         self._null = b"_\r\n" if resp3 else b"$-1\r\n"

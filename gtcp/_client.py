@@ -303,6 +303,7 @@ class Client:
         """
         stream = self._stream
         if not stream.closed and self._secure_socket is not None:
+            stream.absorb_tls_input()  # a TLS 1.3 ticket may be waiting unread
             self._remember_session()
         if not stream.finished:  # also after a failed write closed the stream
             stream.finish_in_background()

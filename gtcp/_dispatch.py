@@ -83,7 +83,7 @@ def _reply_bytes(caller: Caller, codec: Any, result: object) -> object:
     if isinstance(result, (bytearray, memoryview)):
         return result
     try:
-        return memoryview(result)  # type: ignore[arg-type]
+        return memoryview(result).cast("B")  # type: ignore[arg-type]
     except TypeError:
         log.error(
             "on_bytes of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
@@ -153,8 +153,16 @@ class Connection:
     """One accepted connection; :meth:`run` is the body of its own greenlet."""
 
     __slots__ = (
-        "_address", "_idle_timer", "_last_read", "aborted", "cfg", "greenlet", "gsock",
-        "idle_expired", "stream",
+        "_address",
+        "_idle_timer",
+        "_last_read",
+        "aborted",
+        "cfg",
+        "greenlet",
+        "gsock",
+        "idle_expired",
+        "receiving",
+        "stream",
     )
 
     def __init__(self, cfg: ServeConfig, gsock: Any, address: Any) -> None:
@@ -164,6 +172,8 @@ class Connection:
         self.stream: Stream | None = None
         self.aborted = False
         self.idle_expired = False
+        #: True while the read loop waits for input (what idle_timeout measures).
+        self.receiving = False
         self._idle_timer: Any = None
         self._last_read = 0.0
         #: The greenlet serving this connection (joined by the stops).
@@ -347,6 +357,11 @@ class Connection:
                     return None
                 if found is not None:
                     frame, end = found
+                    if not stream.rpos < end <= len(stream.rbuf):
+                        log.error("the framing codec of connection %s returned end=%r for a frame starting "
+                                  "at %d of %d buffered bytes (it must move forward); closing it",
+                                  caller.id, end, stream.rpos, len(stream.rbuf))
+                        return None
                     if end < len(stream.rbuf):
                         stream.rpos = end
                     else:
@@ -363,6 +378,7 @@ class Connection:
                     return failure
             if track:
                 self._last_read = loop.now()  # busy until now, idle from here
+            self.receiving = True  # only this wait counts as idle (not a STARTTLS handshake's)
             try:
                 data = stream.recv(None)
             except ClosedError:
@@ -380,11 +396,16 @@ class Connection:
                 return None if callbacks.on_eof is None else self._eof(stream, caller, callbacks)
             except TLSError as exc:
                 return exc
+            finally:
+                self.receiving = False
             if codec is None and stream.rpos >= len(stream.rbuf):
                 outcome = deliver(data)
                 if outcome is not None:
                     return None if outcome is _CLOSE else outcome  # type: ignore[return-value]
             else:
+                too_long = stream.check_room(len(data))
+                if too_long is not None:
+                    return self._flush(stream) or too_long
                 stream.feed(data)
 
     def _deliverer(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Callable[[Any], object]:
@@ -489,7 +510,7 @@ class Connection:
         if stream is None or stream.closed or idle is None:
             return
         remaining = self._last_read + idle - get_hub().loop.now()
-        if remaining > 0 or not stream.reading:
+        if remaining > 0 or not (self.receiving and stream.reading):
             # Data came meanwhile, or a callback is running (busy, not idle).
             self._start_idle_timer(remaining if remaining > 0 else idle)
             return

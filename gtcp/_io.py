@@ -62,6 +62,7 @@ from greenlet import greenlet
 from ._errors import (
     ClosedError,
     Error,
+    FrameTooLongError,
     PeerClosedError,
     ReadTimeoutError,
     TLSError,
@@ -97,6 +98,11 @@ QUEUE_LIMIT = 65536
 #: Largest plaintext encrypted at once: bigger writes are encrypted and sent
 #: piece by piece, so a 64 MiB write never holds 64 MiB of ciphertext too.
 TLS_PIECE = 256 * 1024
+
+#: The read buffer's backstop beyond a codec's own ``max_length`` (room for
+#: its header or delimiter), and its limit for a codec that declares none.
+BUFFER_SLACK = 65536
+DEFAULT_BUFFER_LIMIT = 16 * 1024 * 1024
 
 #: How long a closed connection keeps reading (and discarding) what the peer
 #: still sends, so that the close is not turned into a reset. Apache's
@@ -306,6 +312,21 @@ class Stream:
                 self.rpos = 0
             buf += data
 
+    def check_room(self, incoming: int) -> FrameTooLongError | None:
+        """The error if *incoming* more bytes would exceed the buffer's backstop, else None.
+
+        Codecs bound memory themselves (``FrameTooLongError`` from
+        ``decode``); this catches one that does not. The limit is the
+        codec's ``max_length`` (if it has one) plus ``BUFFER_SLACK``, or
+        ``DEFAULT_BUFFER_LIMIT`` for a codec without one.
+        """
+        limit = getattr(self.codec, "max_length", None)
+        limit = limit + BUFFER_SLACK if isinstance(limit, int) else DEFAULT_BUFFER_LIMIT
+        if self.buffered + incoming <= limit + READ_SIZE:
+            return None
+        return FrameTooLongError(
+            f"Frame too long: more than {limit} bytes buffered without a whole frame", limit)
+
     def consume(self, end: int) -> None:
         """Mark the buffer consumed up to offset *end*."""
         if end >= len(self.rbuf):
@@ -454,6 +475,9 @@ class Stream:
                 found = decode(self.rbuf, self.rpos)
                 if found is not None:
                     frame, end = found
+                    if not self.rpos < end <= len(self.rbuf):
+                        raise Error(f"the framing codec returned end={end!r} for a frame starting at "
+                                    f"{self.rpos} of {len(self.rbuf)} buffered bytes (it must move forward)")
                     self.consume(end)
                     return frame
             if timeout:
@@ -469,7 +493,10 @@ class Stream:
                 if self.rpos < len(self.rbuf) and exc.__cause__ is None:
                     raise PeerClosedError.mid_frame(self.take(len(self.rbuf))) from None
                 raise
-            self.feed(data)
+            too_long = self.check_room(len(data))
+            self.feed(data)  # kept: a read never loses bytes, even when it raises
+            if too_long is not None:
+                raise too_long
 
     def _arm_read(self, timeout: float) -> Timeout:
         """Start the read deadline; one ``gevent.Timeout`` reused per stream.
@@ -492,7 +519,7 @@ class Stream:
         :meth:`write` raises.
         """
         self._out.append(data)
-        self._out_size += len(data)
+        self._out_size += data.nbytes if type(data) is memoryview else len(data)
         if self._out_size >= QUEUE_LIMIT:
             self.flush()
 
@@ -619,14 +646,23 @@ class Stream:
             if timer is not None:
                 timer.cancel()
 
-    def _send_tls_output(self) -> None:
-        """Send what OpenSSL wrote outside a write (handshake, tickets, alerts)."""
+    def _send_tls_output(self, locked: bool = False) -> None:
+        """Send what OpenSSL wrote outside a write (handshake, tickets, alerts).
+
+        *locked*: the caller holds the write lock already (the handshake).
+        """
         out = self._tout.read()  # type: ignore[union-attr]
         if out and not self.closed:
-            if self.wlock is None:
-                self.wlock = Semaphore(1)
-            with self.wlock:
+            if locked:
                 self._write_slow(iter((out,)))
+                return
+            with self._write_lock():
+                self._write_slow(iter((out,)))
+
+    def _write_lock(self) -> Semaphore:
+        if self.wlock is None:
+            self.wlock = Semaphore(1)
+        return self.wlock
 
     def _write_failed(self, exc: OSError) -> Error:
         """The gtcp error for a write that failed: the one write-side translation."""
@@ -697,6 +733,10 @@ class Stream:
                                    server_hostname=server_hostname, session=session)
         except (ssl.SSLError, ValueError) as exc:
             raise TLSError(reason(exc)) from exc
+        # Writers of other greenlets (a broadcast, a push) wait for the
+        # handshake, then go out encrypted: the write lock is held throughout.
+        lock = self._write_lock()
+        lock.acquire()
         self._tls, self._tin, self._tout = tls, tin, tout
         timer = Timeout.start_new(timeout, _HandshakeTimeout) if timeout else None
         try:
@@ -712,8 +752,17 @@ class Stream:
         finally:
             if timer is not None:
                 timer.cancel()
+            if not self._tls_ready_after(tin):
+                self.close()  # nothing may be written on a failed handshake
+            lock.release()
+
+    def _tls_ready_after(self, tin: Any) -> bool:
+        tls: Any = self._tls
+        if tls is None or tls.version() is None:
+            return False
         self._tls_ready = True
         self.drained = not tin.pending
+        return True
 
     def _handshake(self, tls: Any, tin: Any) -> None:
         while True:
@@ -722,7 +771,7 @@ class Stream:
                 done = True
             except ssl.SSLWantReadError:
                 done = False
-            self._send_tls_output()
+            self._send_tls_output(locked=True)
             if done:
                 return
             self._wait(self._rwatch)
@@ -748,6 +797,27 @@ class Stream:
         except OSError:  # BlockingIOError included: nothing more now
             return count
 
+    def absorb_tls_input(self) -> None:
+        """Decrypt, without waiting, what has arrived (a TLS 1.3 ticket), dropping any data.
+
+        For a client closing before it ever read: its session can then be
+        saved for resumption.
+        """
+        tls: Any = self._tls
+        tin: Any = self._tin
+        if tls is None or self.closed:
+            return
+        try:
+            while chunk := self._raw.recv(READ_SIZE):
+                tin.write(chunk)
+        except OSError:  # BlockingIOError: nothing more now
+            pass
+        try:
+            while tls.read(READ_SIZE):
+                pass
+        except (ssl.SSLError, ValueError):  # want-read, EOF: all that came is absorbed
+            pass
+
     def _send_alert(self) -> None:
         """Best effort: tell the peer why the handshake failed (the alert OpenSSL wrote)."""
         out = self._tout.read() if self._tout is not None else b""
@@ -770,15 +840,19 @@ class Stream:
         if self.eof_sent:
             return
         self.flush()
-        self.eof_sent = True
-        if self._tls is not None and self._tls_ready:
-            notify = self._close_notify()
-            if notify:
-                if self.wlock is None:
-                    self.wlock = Semaphore(1)
-                with self.wlock:
+        # Under the write lock: a write of another greenlet in progress
+        # finishes first, so the FIN (or close_notify) follows every byte.
+        with self._write_lock():
+            if self.closed:
+                raise ClosedError()
+            if self.eof_sent:
+                return
+            self.eof_sent = True
+            if self._tls is not None and self._tls_ready:
+                notify = self._close_notify()
+                if notify:
                     self._write_slow(iter((notify,)))
-        self._shutdown_write()
+            self._shutdown_write()
 
     def _close_notify(self) -> bytes:
         """Our close_notify as bytes to send: exactly one ``SSL_shutdown`` that reads nothing.

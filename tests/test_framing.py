@@ -173,17 +173,24 @@ class NetstringError(gtcp.Error):
 
 
 class Netstring(gtcp.Codec):             # b"5:hello,"  (the README's example, verbatim)
+    max_length = 65536                   # gtcp's buffer backstop reads it too
+
     def decode(self, buffer, start):     # buffer: bytes or bytearray; read it, never keep or change it
-        colon = buffer.find(b":", start, start + 21)
+        colon = buffer.find(b":", start, start + 7)
         if colon < 0:
-            if len(buffer) - start > 20:
-                raise gtcp.FrameTooLongError("netstring length too long")
+            if len(buffer) - start > 6:
+                raise NetstringError("netstring length is not 1 to 6 digits")
             return None                  # need more bytes
-        end = colon + 1 + int(buffer[start:colon])
+        digits = buffer[start:colon]
+        if not digits.isdigit():         # a gtcp.Error subclass: goes to on_error
+            raise NetstringError(f"netstring length {bytes(digits)!r} is not a number")
+        if int(digits) > self.max_length:
+            raise gtcp.FrameTooLongError(f"Frame too long: more than max_length ({self.max_length} bytes)")
+        end = colon + 1 + int(digits)
         if len(buffer) < end + 1:
             return None
         if buffer[end] != ord(","):
-            raise NetstringError("netstring must end with ','")   # a gtcp.Error subclass: goes to on_error
+            raise NetstringError("netstring must end with ','")
         return bytes(buffer[colon + 1:end]), end + 1             # (frame, offset just past it)
 
     def encode(self, frame):
@@ -820,3 +827,71 @@ def test_Listener_close_in_on_bytes_stops_delivery_of_buffered_frames(serve):
     assert rec.closed.wait(LONG)
     assert [rec.frames.get(timeout=LONG) for _ in range(2)] == [b"a", b"quit"]
     assert rec.frames.empty() and rec.errors == []
+
+
+class Stuck(gtcp.Codec):
+    """A buggy codec: the frame it finds ends where it starts."""
+
+    def decode(self, buffer, start):
+        return b"", start
+
+    def encode(self, frame):
+        return bytes(frame)
+
+
+class Never(gtcp.Codec):
+    """A codec that never finds a frame and bounds nothing itself."""
+
+    def decode(self, buffer, start):
+        return None
+
+    def encode(self, frame):
+        return bytes(frame)
+
+
+def test_Listener_codec_that_does_not_move_forward_is_closed_not_spun(serve, gtcp_log):
+    rec = Recorder()
+    listener = serve(One(rec), framing=Stuck())
+    with _client(listener, {}) as client:
+        client.write_bytes(b"abc")
+        with pytest.raises(gtcp.PeerClosedError):
+            client.read_bytes()
+    assert rec.closed.wait(LONG)
+    assert "it must move forward" in gtcp_log.text
+
+
+def test_Client_codec_that_does_not_move_forward_raises(raw_server):
+    client, conn = raw_server.client(framing=Stuck())
+    with client:
+        conn.sendall(b"abc")
+        with pytest.raises(gtcp.Error, match="must move forward"):
+            client.read_frame()
+        assert client.read_bytes() == b"abc"  # nothing consumed
+    conn.close()
+
+
+def test_Listener_buffer_backstop_for_a_codec_that_bounds_nothing(serve):
+    rec = Recorder()
+    listener = serve(One(rec), framing=Never())
+    flood = _client(listener, {}, write_timeout=LONG)
+    try:
+        chunk = b"n" * (1 << 20)
+        for _ in range(40):  # 40 MiB, more than the 16 MiB backstop
+            flood.write_bytes(chunk)
+    except gtcp.Error:
+        pass
+    finally:
+        flood.close()
+    assert rec.closed.wait(LONG)
+    (err,) = rec.errors
+    assert type(err) is gtcp.FrameTooLongError
+    assert str(err) == "Frame too long: more than 16777216 bytes buffered without a whole frame"
+
+
+def test_Listener_array_reply_is_sent_whole(serve):
+    from array import array
+
+    listener = serve(One(Recorder(lambda caller, frame: array("i", range(1000)))))
+    with _client(listener, {}) as client:
+        client.write_bytes(b"x")
+        assert client.read_exactly(4000) == array("i", range(1000)).tobytes()

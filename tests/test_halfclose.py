@@ -427,3 +427,38 @@ def test_halfclose_send_eof_while_the_peer_is_still_sending_loses_nothing(pki, v
             assert peer.get(timeout=LONG) == b"q"
         finally:
             listening.close()
+
+
+def test_halfclose_send_eof_waits_for_a_write_in_progress(serve, layer):
+    """send_eof() from one greenlet while another writes: the EOF follows every byte."""
+    lopts, copts = layer
+    events: Queue = Queue()
+    listener = serve(Make(lambda: Counter(events)), **lopts)
+    size = 8 * 1024 * 1024
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, write_timeout=LONG, **copts) as client:
+        writer = gevent.spawn(client.write_bytes, b"w" * size)
+        stream = client._stream
+        _wait_until(lambda: stream.wlock is not None and stream.wlock.locked())  # blocked, buffer full
+        client.send_eof()
+        writer.get(timeout=LONG)
+        assert client.read_line() == b"%d bytes\n" % size
+    assert events.get(timeout=LONG) == "eof"
+
+
+def _wait_until(condition: Any) -> None:
+    with gevent.Timeout(LONG, AssertionError("condition not reached")):
+        while not condition():
+            gevent.sleep(0.001)
+
+
+def test_halfclose_tls13_client_that_only_wrote_saves_its_session_at_close(serve, pki):
+    protocol = gtcp.ProtocolConfig("TLS", ("TLSv1.3",))
+    listener = serve(Make(lambda: Counter(Queue())), secure_socket=gtcp.ListenerSecureSocket(
+        key=gtcp.CertKey(pki["cert"], pki["key"]), protocol=protocol))
+    secure = gtcp.ClientSecureSocket(cert=pki["ca"], protocol=protocol)
+    first = gtcp.Client("127.0.0.1", listener.port, timeout=LONG, secure_socket=secure)
+    first.write_bytes(b"only writes")
+    gevent.socket.wait_read(first._stream.gsock.fileno(), LONG)  # the ticket has arrived, unread
+    first.close()
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, secure_socket=secure) as second:
+        assert second.tls.session_reused

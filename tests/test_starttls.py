@@ -322,3 +322,70 @@ def _until(condition: Any, limit: float = LONG) -> None:
     with gevent.Timeout(limit, AssertionError("condition not reached")):
         while not condition():
             gevent.sleep(0.005)
+
+
+def _upgrading_listener(pki: dict[str, Any], seen: Queue, **options: Any) -> gtcp.Listener:
+    class Svc(gtcp.ConnectionService):
+        def on_bytes(self, caller, line):
+            if line == b"up":
+                caller.write_frame(b"go")
+                seen.put(caller)
+                try:
+                    caller.start_tls(pki["listener"])
+                except gtcp.Error as exc:
+                    seen.put(exc)
+                    raise
+                seen.put("tls")
+                return None
+            return line
+
+        def on_error(self, err):
+            seen.put(err)
+
+    class One(gtcp.Service):
+        def on_connect(self, caller):
+            return Svc()
+
+    listener = gtcp.Listener(0, local_host="127.0.0.1", framing=gtcp.Lines(), **options)
+    listener.attach(One())
+    listener.start()
+    return listener
+
+
+def test_starttls_handshake_time_is_not_idle_time(pki):
+    """A client slower to send its ClientHello than idle_timeout still upgrades."""
+    seen: Queue = Queue()
+    listener = _upgrading_listener(pki, seen, idle_timeout=0.2)
+    try:
+        with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, framing=gtcp.Lines()) as client:
+            client.write_frame(b"up")
+            assert client.read_frame() == b"go"
+            seen.get(timeout=LONG)  # the server is in its handshake now
+            timer = gevent.get_hub().loop.timer(0.5)  # longer than idle_timeout, then the ClientHello
+            gevent.get_hub().wait(timer)
+            client.start_tls(pki["client"])
+            assert seen.get(timeout=LONG) == "tls"
+            client.write_frame(b"over tls")
+            assert client.read_frame() == b"over tls"
+            # Once the handshake is done, silence is idle time again.
+            assert type(seen.get(timeout=LONG)) is gtcp.ReadTimeoutError
+    finally:
+        listener.immediate_stop()
+
+
+def test_starttls_writes_of_other_greenlets_wait_for_the_handshake(pki):
+    seen: Queue = Queue()
+    listener = _upgrading_listener(pki, seen)
+    try:
+        with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, framing=gtcp.Lines()) as client:
+            client.write_frame(b"up")
+            assert client.read_frame() == b"go"
+            caller = seen.get(timeout=LONG)
+            pusher = gevent.spawn(caller.write_bytes, b"news\n")  # a broadcast during the handshake
+            _until(lambda: caller._stream.wlock.locked() and not pusher.dead and pusher.started)
+            client.start_tls(pki["client"])
+            pusher.get(timeout=LONG)
+            assert seen.get(timeout=LONG) == "tls"
+            assert client.read_frame() == b"news"  # it went out encrypted, after the handshake
+    finally:
+        listener.immediate_stop()
