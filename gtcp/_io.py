@@ -223,6 +223,7 @@ class Stream:
         "_rwatch",
         "_tin",
         "_tls",
+        "_tls_c",
         "_tls_ready",
         "_tout",
         "_wtimer",
@@ -247,6 +248,7 @@ class Stream:
         self._others: list[Any] | None = None  # private watchers (lingering close)
         #: TLS, when on: the SSLObject and its two memory BIOs (see start_tls).
         self._tls: ssl.SSLObject | None = None
+        self._tls_c: Any = None  # its C-level _ssl object: the hot path skips the wrapper
         self._tin: ssl.MemoryBIO | None = None
         self._tout: ssl.MemoryBIO | None = None
         self._tls_ready = False  # handshake done: close() may send close_notify
@@ -372,7 +374,22 @@ class Stream:
             if self.drained:
                 if timeout:
                     timer = self._arm_read(timeout)
-                self._wait(self._rwatch)
+                # _wait(self._rwatch), inlined: the one wait per request of the
+                # plain hot path (same checks, same outcomes).
+                watcher = self._rwatch
+                if self._raw.fileno() < 0:
+                    raise ClosedError()
+                watcher.start(getcurrent().switch)
+                try:
+                    switch_to(self._hub)
+                except Interrupted:
+                    raise ClosedError() from None
+                except OSError as exc:
+                    raise ClosedError() from exc
+                finally:
+                    watcher.stop()
+                if self.closed:
+                    raise ClosedError()
             while True:
                 # The waits happen outside the except clauses: waiting inside
                 # one would keep the exception and its traceback alive for as
@@ -400,12 +417,13 @@ class Stream:
 
     def _recv_tls(self, timeout: float | None) -> bytes:
         """:meth:`recv` through TLS: decrypt what the incoming BIO holds, else read more."""
-        tls: Any = self._tls
+        tls: Any = self._tls_c
         tin: Any = self._tin
         timer = None
         try:
+            decrypt = bool(tin.pending or tls.pending() or tin.eof)
             while True:
-                if tin.pending or tls.pending() or tin.eof:
+                if decrypt:
                     try:
                         data = tls.read(READ_SIZE)
                     except ssl.SSLWantReadError:
@@ -430,6 +448,7 @@ class Stream:
                     chunk = self._raw.recv(READ_SIZE)
                 except BlockingIOError:
                     self.drained = True
+                    decrypt = False
                     continue
                 except OSError as exc:
                     raise self._read_failed(exc) from exc
@@ -437,7 +456,8 @@ class Stream:
                 if chunk:
                     tin.write(chunk)
                 else:
-                    tin.write_eof()  # tls.read then reports the EOF (SSLEOFError)
+                    tin.write_eof()  # the read then reports the EOF (SSLEOFError)
+                decrypt = True
         except Timeout as exc:
             raise self._read_timed_out(exc, timer) from None
         finally:
@@ -600,7 +620,7 @@ class Stream:
     def _encrypt(self, data: Any) -> bytes:
         """The TLS records that carry *data* (a memory BIO never blocks)."""
         try:
-            self._tls.write(data)  # type: ignore[union-attr]
+            self._tls_c.write(data)
         except (ssl.SSLError, ValueError) as exc:
             self.close()
             raise WriteError(f"Failed to write data: {reason(exc)}") from exc
@@ -738,6 +758,7 @@ class Stream:
         lock = self._write_lock()
         lock.acquire()
         self._tls, self._tin, self._tout = tls, tin, tout
+        self._tls_c = getattr(tls, "_sslobj", tls)
         timer = Timeout.start_new(timeout, _HandshakeTimeout) if timeout else None
         try:
             self._handshake(tls, tin)
