@@ -161,7 +161,6 @@ class Connection:
         "greenlet",
         "gsock",
         "idle_expired",
-        "receiving",
         "stream",
     )
 
@@ -172,8 +171,6 @@ class Connection:
         self.stream: Stream | None = None
         self.aborted = False
         self.idle_expired = False
-        #: True while the read loop waits for input (what idle_timeout measures).
-        self.receiving = False
         self._idle_timer: Any = None
         self._last_read = 0.0
         #: The greenlet serving this connection (joined by the stops).
@@ -340,7 +337,7 @@ class Connection:
         loop = get_hub().loop
         while True:
             codec = stream.codec
-            if stream.rpos < len(stream.rbuf):
+            if stream.rbuf:  # bytes buffered (see Stream.rbuf's invariant)
                 if stream.closed:
                     return None  # caller.close() (or a stop): frames still buffered are not delivered
                 if codec is None:
@@ -372,13 +369,12 @@ class Connection:
                     continue
             # No whole frame buffered: send what earlier frames produced
             # (never delay a reply while waiting), then read once.
-            if stream.queued:
+            if stream._out:  # replies queued
                 failure = self._flush(stream)
                 if failure is not None:
                     return failure
             if track:
                 self._last_read = loop.now()  # busy until now, idle from here
-            self.receiving = True  # only this wait counts as idle (not a STARTTLS handshake's)
             try:
                 data = stream.recv(None)
             except ClosedError:
@@ -396,9 +392,7 @@ class Connection:
                 return None if callbacks.on_eof is None else self._eof(stream, caller, callbacks)
             except TLSError as exc:
                 return exc
-            finally:
-                self.receiving = False
-            if codec is None and stream.rpos >= len(stream.rbuf):
+            if codec is None and not stream.rbuf:
                 outcome = deliver(data)
                 if outcome is not None:
                     return None if outcome is _CLOSE else outcome  # type: ignore[return-value]
@@ -440,7 +434,7 @@ class Connection:
                 if data is _CLOSE:
                     return _CLOSE
             try:
-                if stream.drained and stream.rpos >= len(stream.rbuf):
+                if stream.drained and not stream.rbuf:
                     stream.write(data)
                 else:
                     stream.queue(data)
@@ -510,7 +504,7 @@ class Connection:
         if stream is None or stream.closed or idle is None:
             return
         remaining = self._last_read + idle - get_hub().loop.now()
-        if remaining > 0 or not (self.receiving and stream.reading):
+        if remaining > 0 or not stream.reading or stream.handshaking:
             # Data came meanwhile, or a callback is running (busy, not idle).
             self._start_idle_timer(remaining if remaining > 0 else idle)
             return

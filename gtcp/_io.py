@@ -233,6 +233,7 @@ class Stream:
         "drained",
         "eof",
         "eof_sent",
+        "handshaking",
         "rbuf",
         "rpos",
         "wlock",
@@ -259,7 +260,9 @@ class Stream:
         #: Replies queued by the dispatcher, sent by flush() or the next write().
         self._out: list[Any] = []
         self._out_size = 0
-        #: The read buffer: bytes not yet consumed are ``rbuf[rpos:]``.
+        #: The read buffer: bytes not yet consumed are ``rbuf[rpos:]``. Invariant:
+        #: ``rbuf`` is empty (``b""``) whenever everything in it was consumed, so
+        #: ``if stream.rbuf`` means "bytes are buffered".
         self.rbuf: bytes | bytearray = b""
         self.rpos = 0
         #: The framing codec in effect (None: raw chunks).
@@ -274,6 +277,8 @@ class Stream:
         self.eof = False
         #: True once send_eof() shut our write side: writes raise ClosedError.
         self.eof_sent = False
+        #: True while a TLS handshake waits (its waits are not idle time).
+        self.handshaking = False
         self.write_timeout = write_timeout
 
     def _bind(self, gsock: Any) -> None:
@@ -545,7 +550,7 @@ class Stream:
 
     @property
     def queued(self) -> bool:
-        """True while replies wait in the queue."""
+        """True while replies wait in the queue (the dispatcher reads ``_out`` itself)."""
         return bool(self._out)
 
     def flush(self) -> None:
@@ -572,6 +577,18 @@ class Stream:
             self._out = []
             self._out_size = 0
             data = b"".join(out)
+        wlock = self.wlock
+        if self._tls is None and not (self.closed or self.eof_sent) and (wlock is None or not wlock.locked()):
+            # _send's fast path, plain TCP, inlined: one call less per reply.
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise self._write_failed(exc) from exc
+            if sent == len(data):
+                return
+            data = memoryview(data).cast("B")[sent:]
         self._send(data)
 
     def _send(self, data: Any) -> None:
@@ -760,6 +777,7 @@ class Stream:
         self._tls, self._tin, self._tout = tls, tin, tout
         self._tls_c = getattr(tls, "_sslobj", tls)
         timer = Timeout.start_new(timeout, _HandshakeTimeout) if timeout else None
+        self.handshaking = True
         try:
             self._handshake(tls, tin)
         except _HandshakeTimeout:
@@ -771,6 +789,7 @@ class Stream:
             self._send_alert()
             raise TLSError(reason(exc)) from exc
         finally:
+            self.handshaking = False
             if timer is not None:
                 timer.cancel()
             if not self._tls_ready_after(tin):
