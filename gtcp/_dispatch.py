@@ -425,9 +425,16 @@ class Connection:
             if result is None:
                 return None
             codec = stream.codec  # the codec in effect when on_bytes returned
-            if type(result) is bytes and codec is None:
-                data: Any = result
-            else:
+            data: Any = None
+            if type(result) is bytes:
+                if codec is None:
+                    data = result
+                else:
+                    try:
+                        data = codec.encode(result)
+                    except Exception:
+                        data = None  # _reply_bytes below says why, in the log
+            if data is None:
                 data = _reply_bytes(caller, codec, result)
                 if data is None:
                     return None

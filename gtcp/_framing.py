@@ -140,7 +140,8 @@ class Lines(Codec):
         stop = end - 1 if end > start and buffer[end - 1] == 13 else end
         if stop - start > limit:
             raise _too_long(limit)
-        return bytes(buffer[start:stop]), end + 1
+        frame = buffer[start:stop]
+        return (frame if type(frame) is bytes else bytes(frame)), end + 1
 
     def encode(self, frame: Any) -> bytes:
         """*frame* plus ``ending``.
@@ -179,7 +180,8 @@ class Delimited(Codec):
             if len(buffer) - start >= window:
                 raise _too_long(self.max_length)
             return None
-        return bytes(buffer[start:end]), end + len(delimiter)
+        frame = buffer[start:end]
+        return (frame if type(frame) is bytes else bytes(frame)), end + len(delimiter)
 
     def encode(self, frame: Any) -> bytes:
         """*frame* plus the delimiter; ``ValueError`` if it holds the delimiter."""
@@ -228,7 +230,8 @@ class LengthPrefixed(Codec):
         end = begin + size
         if len(buffer) < end:
             return None
-        return bytes(buffer[begin:end]), end
+        frame = buffer[begin:end]
+        return (frame if type(frame) is bytes else bytes(frame)), end
 
     def encode(self, frame: Any) -> bytes:
         """The header and *frame*; ``FrameTooLongError`` if the header cannot hold its length."""
