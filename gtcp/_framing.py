@@ -132,7 +132,7 @@ class Lines(Codec):
         """The line at ``buffer[start:]`` without its ending, or ``None``."""
         limit = self.max_length
         # A line of max_length bytes may still be followed by b"\r\n".
-        end = buffer.find(b"\n", start, start + limit + 2)
+        end = buffer.find(10, start, start + limit + 2)  # 10: b"\n" (an int: memchr)
         if end < 0:
             if len(buffer) - start >= limit + 2:
                 raise _too_long(limit)
@@ -150,7 +150,8 @@ class Lines(Codec):
         frames) or ends with ``b"\\r"`` (decoding would strip it).
         """
         data = frame if type(frame) is bytes else bytes(frame_bytes(frame))
-        if b"\n" in data or data.endswith(b"\r"):
+        # 10 in data: memchr; b"\n" in data takes CPython's slower substring path.
+        if 10 in data or (data and data[-1] == 13):
             raise ValueError("a line frame must not contain b'\\n' nor end with b'\\r': "
                              "it would not arrive as sent")
         return data + self.ending
