@@ -77,9 +77,11 @@ class RespCodec(gtcp.Codec):
         """One command at ``buffer[start:]`` as its arguments, or None if incomplete."""
         if buffer[start] != 42:  # "*": else an inline command, as redis-cli sends by hand
             return self._inline(buffer, start)
-        eol = buffer.find(b"\r\n", start)
+        eol = buffer.find(10, start) - 1  # "\r\n": find the "\n" (an int: memchr), check the "\r"
         if eol < 0:
             return self._need_more(buffer, start)
+        if buffer[eol] != 13:
+            raise ProtocolError("expected '\\r\\n'")
         count = self._number(buffer, start + 1, eol)
         if count > MAX_ARGS:
             raise gtcp.FrameTooLongError(f"Frame too long: {count} arguments, more than {MAX_ARGS}", MAX_ARGS)
@@ -91,9 +93,11 @@ class RespCodec(gtcp.Codec):
                 return None
             if buffer[pos] != 36:  # "$"
                 raise ProtocolError(f"expected '$', got {bytes(buffer[pos:pos + 1])!r}")
-            eol = buffer.find(b"\r\n", pos)
+            eol = buffer.find(10, pos) - 1
             if eol < 0:
                 return self._need_more(buffer, pos)
+            if buffer[eol] != 13:
+                raise ProtocolError("expected '\\r\\n'")
             size = self._number(buffer, pos + 1, eol)
             if size > MAX_BULK:
                 raise gtcp.FrameTooLongError(
@@ -103,7 +107,8 @@ class RespCodec(gtcp.Codec):
             end = pos + size
             if end + 2 > size_of:
                 return None
-            args.append(bytes(buffer[pos:end]))
+            arg = buffer[pos:end]
+            args.append(arg if type(arg) is bytes else bytes(arg))
             pos = end + 2
         return args, pos
 

@@ -211,6 +211,10 @@ class Client:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigError(f"n must be an int >= 0, got {n!r}")
+        stream = self._stream
+        if 0 < n <= stream.buffered and not self._read_lock.locked() and not stream.closed:
+            # Already buffered (a header's payload, say): no read, nothing can switch.
+            return stream.take(n)
 
         def exactly(buffer: bytes | bytearray, start: int) -> tuple[bytes, int] | None:
             end = start + n

@@ -96,3 +96,10 @@ def test_resp_garbage_closes_the_connection(resp_port, r):
         sock.sendall(b"*1\r\n+PING\r\n")  # a simple string where a bulk string must be
         assert sock.recv(65536) == b""
     assert r.ping() is True  # others unaffected
+
+
+def test_resp_bare_newlines_in_a_multibulk_close_the_connection(resp_port, r):
+    with socket.create_connection(("127.0.0.1", resp_port), timeout=LONG) as sock:
+        sock.sendall(b"*1\n$4\nPING\n")  # RESP needs \r\n
+        assert sock.recv(65536) == b""
+    assert r.ping() is True
