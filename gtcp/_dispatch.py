@@ -369,7 +369,7 @@ class Connection:
                     continue
             # No whole frame buffered: send what earlier frames produced
             # (never delay a reply while waiting), then read once.
-            if stream._out:  # replies queued
+            if stream._out:  # replies queued (Stream.queue)
                 failure = self._flush(stream)
                 if failure is not None:
                     return failure
