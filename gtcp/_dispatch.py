@@ -63,31 +63,31 @@ _CLOSE = object()
 _DISCARD = Callbacks(_discard, False, None, None)
 
 
-def _reply_bytes(caller: Caller, codec: Any, result: object) -> object:
-    """What to send for an ``on_bytes`` result other than plain bytes.
+def _reply_bytes(caller: Caller, codec: Any, result: object, name: str = "on_bytes") -> object:
+    """What to send for an ``on_bytes`` (or *name*) result other than plain bytes.
 
     The bytes (encoded by *codec* when framing is on), None for nothing
     (a returned ``gtcp.Error`` is logged), or ``_CLOSE`` for a result that
     cannot be sent (logged; the connection closes).
     """
     if isinstance(result, Error):
-        log.error("on_bytes of connection %s returned an error: %s", caller.id, result)
+        log.error("%s of connection %s returned an error: %s", name, caller.id, result)
         return None
     if codec is not None:
         try:
             return codec.encode(result)
         except Exception as exc:
-            log.error("on_bytes of connection %s returned a reply the framing cannot encode; "
-                      "closing it: %s", caller.id, exc)
+            log.error("%s of connection %s returned a reply the framing cannot encode; "
+                      "closing it: %s", name, caller.id, exc)
             return _CLOSE
-    if isinstance(result, (bytearray, memoryview)):
+    if isinstance(result, bytearray):
         return result
     try:
-        return memoryview(result).cast("B")  # type: ignore[arg-type]
+        return memoryview(result).cast("B")  # counted in bytes, whatever the item size  # type: ignore[arg-type]
     except TypeError:
         log.error(
-            "on_bytes of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
-            caller.id, type(result).__name__,
+            "%s of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
+            name, caller.id, type(result).__name__,
         )
         return _CLOSE
 
@@ -461,7 +461,7 @@ class Connection:
             return None
         if result is not None:
             data = result if type(result) is bytes and stream.codec is None else _reply_bytes(
-                caller, stream.codec, result)
+                caller, stream.codec, result, "on_eof")
             if data is not None and data is not _CLOSE:
                 try:
                     stream.queue(data)
