@@ -83,7 +83,7 @@ def _reply_bytes(caller: Caller, codec: Any, result: object, name: str = "on_byt
     if isinstance(result, bytearray):
         return result
     try:
-        return memoryview(result).cast("B")  # type: ignore[arg-type]  # in bytes, whatever the item size  # type: ignore[arg-type]
+        return memoryview(result).cast("B")  # type: ignore[arg-type]  # in bytes, whatever the item size
     except TypeError:
         log.error(
             "%s of connection %s returned %s; expected bytes, None or a gtcp.Error; closing it",
