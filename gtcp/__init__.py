@@ -38,6 +38,7 @@ from ._errors import (
 from ._framing import Codec, Delimited, FixedSize, LengthPrefixed, Lines
 from ._listener import Listener
 from ._service import ConnectionService, Service
+from ._sockopts import KeepAlive
 from ._tls import TLSInfo
 from ._version import __version__
 
@@ -55,6 +56,7 @@ __all__ = [
     "Error",
     "FixedSize",
     "FrameTooLongError",
+    "KeepAlive",
     "KeyStore",
     "LengthPrefixed",
     "Lines",

@@ -14,6 +14,8 @@ from gevent.lock import Semaphore
 from ._errors import ClosedError, ConfigError, ConnectError, Error, PeerClosedError
 from ._framing import DEFAULT_MAX_LENGTH, Codec, Delimited, Lines, check_codec
 from ._io import Stream, reason, seconds
+from ._sockopts import apply as apply_sockopts
+from ._sockopts import socket_options
 
 if TYPE_CHECKING:
     from ._tls import TLSInfo
@@ -58,6 +60,8 @@ class Client:
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         secure_socket: Any = None,
         framing: Codec | None = None,
+        keepalive: Any = None,
+        user_timeout: float | None = None,
         **options: Any,
     ) -> None:
         if options:
@@ -70,6 +74,7 @@ class Client:
         if local_host is not None and not isinstance(local_host, str):
             raise ConfigError(f"local_host must be a str or None, got {local_host!r}")
         codec = check_codec(framing, "framing")
+        sockopts = socket_options(keepalive, user_timeout)
         self._timeout = seconds(timeout, "timeout")
         write_deadline = seconds(write_timeout, "write_timeout")
         connect_deadline = seconds(connect_timeout, "connect_timeout")
@@ -88,6 +93,7 @@ class Client:
         self._secure_socket: Any = None  # set while a TLS 1.3 session waits to be saved
         self._context: Any = None
         gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
+        apply_sockopts(gsock, sockopts)
         self._stream = Stream(gsock, write_deadline, codec)
         if secure is not None:
             try:

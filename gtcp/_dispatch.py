@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._io import LINGER_SECONDS, Stream
 from ._service import Callbacks, resolve
+from ._sockopts import apply as apply_sockopts
 
 __all__ = ["Connection", "ServeConfig"]
 
@@ -145,6 +146,7 @@ class ServeConfig:
     write_timeout: float | None
     idle_timeout: float | None
     framing: Any = None
+    sockopts: tuple[tuple[int, int, int], ...] = ()
     connections: set[Connection] = field(default_factory=set)
     idle_event: Event = field(default_factory=Event)
 
@@ -257,6 +259,8 @@ class Connection:
         except OSError:
             pass
         cfg = self.cfg
+        if cfg.sockopts:
+            apply_sockopts(gsock, cfg.sockopts)
         stream = self.stream = Stream(gsock, cfg.write_timeout, cfg.framing)
         if cfg.ssl_context is not None:
             try:

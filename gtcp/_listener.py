@@ -20,6 +20,7 @@ from ._errors import ConfigError, Error, ListenerError
 from ._framing import check_codec
 from ._io import reason, seconds
 from ._service import check_service
+from ._sockopts import socket_options
 
 __all__ = ["Listener"]
 
@@ -37,7 +38,8 @@ DEFAULT_WRITE_TIMEOUT = 300.0
 #: connections it closed (they run in their own greenlets).
 STOP_JOIN_SECONDS = 10.0
 
-_OPTIONS = frozenset({"backlog", "max_connections", "idle_timeout", "write_timeout", "reuse_port", "framing"})
+_OPTIONS = frozenset({"backlog", "max_connections", "idle_timeout", "write_timeout", "reuse_port", "framing",
+                      "keepalive", "user_timeout"})
 
 # Accept errors, after trio's review (trio/_highlevel_socket.py). Running out
 # of descriptors or kernel memory is a state the server can recover from once
@@ -125,10 +127,11 @@ class Listener:
 
     ``Listener(local_port, *, local_host=None, secure_socket=None, **options)``
     with the options ``backlog``, ``max_connections``, ``idle_timeout``,
-    ``write_timeout``, ``reuse_port`` and ``framing`` (a codec such as
+    ``write_timeout``, ``reuse_port``, ``framing`` (a codec such as
     ``gtcp.Lines()``: ``on_bytes`` then gets one frame at a time and what it
-    returns is encoded as a frame). Attach one :class:`gtcp.Service`,
-    then ``start()``; each connection runs in its own greenlet.
+    returns is encoded as a frame), ``keepalive`` (``True`` or a
+    ``gtcp.KeepAlive``) and ``user_timeout`` (``TCP_USER_TIMEOUT``, seconds).
+    Attach one :class:`gtcp.Service`, then ``start()``; each connection runs in its own greenlet.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class Listener:
         self._write_timeout = seconds(options.get("write_timeout", DEFAULT_WRITE_TIMEOUT), "write_timeout")
         self._reuse_port = bool(options.get("reuse_port", False))
         self._framing = check_codec(options.get("framing"), "framing")
+        self._sockopts = socket_options(options.get("keepalive"), options.get("user_timeout"))
         if self._reuse_port and not hasattr(socket, "SO_REUSEPORT"):
             raise ConfigError("reuse_port is not supported on this platform")
         self._service: Any = None
@@ -224,7 +228,7 @@ class Listener:
             handshake_timeout = _handshake_timeout(self._secure_socket)
         sock = self._bind()
         serving = ServeConfig(self._service, context, handshake_timeout,
-                              self._write_timeout, self._idle_timeout, self._framing)
+                              self._write_timeout, self._idle_timeout, self._framing, self._sockopts)
         serving.idle_event.set()
         spawn: Any = Pool(self._max_connections) if self._max_connections else "default"
         server = _Server(sock, _unused_handle, spawn=spawn)
