@@ -41,10 +41,16 @@ class Caller:
     def __init__(self, stream: Stream, remote: Any, local: Any, conn: Any = None) -> None:
         self._stream = stream
         self._conn = conn  # the dispatcher's Connection: start_tls needs it
-        self.remote_host: str = host_text(remote)
-        self.remote_port: int = int(remote[1])
-        self.local_host: str = host_text(local)
-        self.local_port: int = int(local[1])
+        if isinstance(local, tuple):
+            self.remote_host: str = host_text(remote)
+            self.remote_port: int = int(remote[1])
+            self.local_host: str = host_text(local)
+            self.local_port: int = int(local[1])
+        else:  # a Unix domain socket: the listener's path, no ports (peers are unnamed)
+            self.remote_host = str(remote or "")
+            self.remote_port = 0
+            self.local_host = str(local)
+            self.local_port = 0
         self._id: str | None = None
 
     @property

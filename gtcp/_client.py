@@ -27,6 +27,9 @@ log = logging.getLogger("gtcp")
 #: Seconds a read or a write may wait (Ballerina's default for both).
 DEFAULT_TIMEOUT = 300.0
 
+#: The private keyword through which Client.unix() asks for a Unix domain socket.
+_UNIX = "_gtcp_unix"
+
 #: read_line()'s decoder at the default limit, made once.
 _LINES = Lines()
 
@@ -64,12 +67,17 @@ class Client:
         user_timeout: float | None = None,
         **options: Any,
     ) -> None:
+        unix = options.pop(_UNIX, False)  # set by Client.unix(): remote_host is a path
         if options:
             # The Listener's rule too: an unknown option is a ConfigError.
             raise ConfigError(f"Unknown client option(s): {', '.join(sorted(options))}")
         if not isinstance(remote_host, str) or not remote_host.strip():
             raise ConfigError(f"remote_host must be a non-empty str, got {remote_host!r}")
-        if isinstance(remote_port, bool) or not isinstance(remote_port, int) or not 0 < remote_port <= 65535:
+        if unix:
+            if local_host is not None:
+                raise ConfigError("local_host does not apply to a Unix domain socket")
+        elif (isinstance(remote_port, bool) or not isinstance(remote_port, int)
+              or not 0 < remote_port <= 65535):
             raise ConfigError(f"remote_port must be an int from 1 to 65535, got {remote_port!r}")
         if local_host is not None and not isinstance(local_host, str):
             raise ConfigError(f"local_host must be a str or None, got {local_host!r}")
@@ -92,7 +100,11 @@ class Client:
         self._peer_error: PeerClosedError | None = None
         self._secure_socket: Any = None  # set while a TLS 1.3 session waits to be saved
         self._context: Any = None
-        gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
+        self._unix = unix
+        if unix:
+            gsock = _connect_unix(remote_host, connect_deadline)
+        else:
+            gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
         apply_sockopts(gsock, sockopts)
         self._stream = Stream(gsock, write_deadline, codec)
         if secure is not None:
@@ -102,10 +114,22 @@ class Client:
                 self._stream.finish(None)  # no socket left behind
                 raise
 
+    @classmethod
+    def unix(cls, path: str, **options: Any) -> Client:
+        """A client connected to the Unix domain socket *path* (``Listener.unix``).
+
+        Takes the same options as ``Client(...)`` but ``local_host``;
+        ``remote_host`` is then the path and ``remote_port`` 0. With
+        ``secure_socket``, the name checked and sent in SNI is
+        ``server_name`` (``"localhost"`` when not given).
+        """
+        options[_UNIX] = True
+        return cls(path, 0, **options)
+
     def _secure(self, secure: Any, context: Any) -> None:
         from ._tls import SESSIONS, handshake_timeout
 
-        host = secure.server_name or self.remote_host
+        host = secure.server_name or ("localhost" if self._unix else self.remote_host)
         session = SESSIONS.get(secure, self.remote_host, self.remote_port, context)
         self._stream.start_tls(context, server_side=False, timeout=handshake_timeout(secure),
                                server_hostname=host, session=session)
@@ -346,6 +370,26 @@ class Client:
         state = " closed" if self.closed else ""
         tls = " TLS" if self._stream.tls_object is not None else ""
         return f"<gtcp.Client{tls} {self.remote_host}:{self.remote_port}{state}>"
+
+
+def _connect_unix(path: str, timeout: float | None) -> Any:
+    """A gevent socket connected to the Unix domain socket *path*, or ConnectError."""
+    gsock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    timer = Timeout.start_new(timeout, _ConnectTimeout) if timeout else None
+    try:
+        gsock.connect(path)
+    except _ConnectTimeout:
+        gsock.close()
+        raise ConnectError(
+            f"Unable to connect with remote host: connection timed out after {timeout:g} s"
+        ) from None
+    except OSError as exc:
+        gsock.close()
+        raise ConnectError(f"Unable to connect with remote host: {reason(exc)} ({path})") from exc
+    finally:
+        if timer is not None:
+            timer.cancel()
+    return gsock
 
 
 def _connect(host: str, port: int, local_host: str | None, timeout: float | None) -> Any:

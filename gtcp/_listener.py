@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
+import stat
 import threading
 from typing import Any
 
@@ -174,6 +176,31 @@ class Listener:
         self._port = local_port
         self._started_once = False
         self._stopped = Event()
+        #: Listener.unix(): the socket file's path and mode, and its (dev, inode) once bound.
+        self._unix_path: str | None = None
+        self._unix_mode = 0o600
+        self._unix_bound: tuple[int, int] | None = None
+
+    @classmethod
+    def unix(cls, path: str, mode: int = 0o600, **options: Any) -> Listener:
+        """A listener on the Unix domain socket *path*, with the file's permission bits *mode*.
+
+        Same services, options, framing and TLS as ``Listener(...)``. At
+        ``start()`` a stale socket file (left by a dead process: nothing
+        answers on it) is replaced, and a live one raises ``ListenerError``;
+        a stop removes the file. ``caller.remote_host`` is ``""`` (peers of a
+        Unix socket are unnamed) and the ports are 0.
+        """
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"path must be a non-empty str, got {path!r}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ConfigError(f"mode must be permission bits from 0 to 0o777, got {mode!r}")
+        if "local_host" in options:
+            raise ConfigError("local_host does not apply to a Unix domain socket")
+        listener = cls(0, **options)
+        listener._unix_path = path
+        listener._unix_mode = mode
+        return listener
 
     # -- services --------------------------------------------------------------
 
@@ -234,7 +261,7 @@ class Listener:
         server = _Server(sock, _unused_handle, spawn=spawn)
         server.serving = serving
         server.start()
-        self._port = sock.getsockname()[1]
+        self._port = 0 if self._unix_path is not None else sock.getsockname()[1]
         self._server = server
         self._serving = serving
         self._runs = [run for run in self._runs if run.connections]
@@ -243,6 +270,8 @@ class Listener:
         self._stopped.clear()
 
     def _bind(self) -> Any:
+        if self._unix_path is not None:
+            return self._bind_unix(self._unix_path)
         host = self._local_host
         try:
             if host is None:
@@ -335,13 +364,63 @@ class Listener:
         self._close_server()
         self._abort_all()
 
+    def _bind_unix(self, path: str) -> Any:
+        def fail(cause: str, exc: BaseException | None = None) -> ListenerError:
+            error = ListenerError(f"Error initializing the server: {cause} ({path})")
+            error.__cause__ = exc
+            return error
+
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise fail(reason(exc), exc) from exc
+        if info is not None:
+            if not stat.S_ISSOCK(info.st_mode):
+                raise fail("the path exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.settimeout(1.0)
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale: its listener is gone
+            else:
+                raise fail("Address already in use: a live listener answers on it")
+            finally:
+                probe.close()
+        sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, self._unix_mode)
+            sock.listen(self._backlog)
+            bound = os.stat(path)
+        except OSError as exc:
+            sock.close()
+            raise fail(reason(exc), exc) from exc
+        self._unix_bound = (bound.st_dev, bound.st_ino)
+        return sock
+
     def _close_server(self) -> None:
         server = self._server
         self._server = None
         self._serving = None
         if server is not None:
             server.close()
+        self._remove_unix_file()
         self._stopped.set()
+
+    def _remove_unix_file(self) -> None:
+        """Remove our socket file, unless another listener replaced it since."""
+        path, bound, self._unix_bound = self._unix_path, self._unix_bound, None
+        if path is None or bound is None:
+            return
+        try:
+            info = os.stat(path)
+            if (info.st_dev, info.st_ino) == bound:
+                os.unlink(path)
+        except OSError:
+            pass
 
     def _abort_all(self) -> None:
         current = gevent.getcurrent()
@@ -362,7 +441,8 @@ class Listener:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         tls = " TLS" if self._secure_socket is not None else ""
-        return f"<gtcp.Listener{tls} {self._local_host or '*'}:{self._port} {state}>"
+        where = self._unix_path or f"{self._local_host or '*'}:{self._port}"
+        return f"<gtcp.Listener{tls} {where} {state}>"
 
 
 def _unused_handle(gsock: Any, address: Any) -> None:  # pragma: no cover
