@@ -298,6 +298,29 @@ class Listener:
             raise ListenerError(f"Error initializing the server: {cause} ({where})") from exc
         return sock
 
+    def reload_tls(self, secure_socket: Any = None) -> None:
+        """Re-read the TLS files (or take a new ``ListenerSecureSocket`` or dict) for new handshakes.
+
+        Connections already open keep the context they were made with. The
+        new context is built completely first: a bad file raises
+        ``TLSError`` (a bad record ``ConfigError``) and the old context stays
+        in use. Before ``start()`` (or after a stop) it only replaces the
+        record, checked at the next ``start()``. Raises ``gtcp.Error`` on a
+        plain listener.
+        """
+        from ._config import listener_secure_socket
+        from ._tls import handshake_timeout, server_context
+
+        record = self._secure_socket if secure_socket is None else listener_secure_socket(secure_socket)
+        if record is None:
+            raise Error("reload_tls() needs a TLS listener (secure_socket=...)")
+        serving = self._serving
+        if serving is not None:
+            context = server_context(record)  # raises before anything changes
+            serving.ssl_context = context
+            serving.handshake_timeout = handshake_timeout(record)
+        self._secure_socket = record
+
     def serve_forever(self) -> None:
         """``start()`` if needed, then block until the listener is stopped.
 
