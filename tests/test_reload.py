@@ -98,7 +98,7 @@ def test_reload_tls_bad_file_keeps_the_old_context(tmp_path):
     listener.start()
     try:
         (tmp_path / "broken.pem").write_text("not a certificate")
-        with pytest.raises(gtcp.TLSError, match="^Failed to initialize the SSL context: "):
+        with pytest.raises(gtcp.TLSError, match=r"^Failed to initialize the SSL context: "):
             listener.reload_tls({"key": {"cert_file": str(tmp_path / "broken.pem"), "key_file": key_path}})
         with gtcp.Client("127.0.0.1", listener.port, timeout=LONG,
                          secure_socket=gtcp.ClientSecureSocket(cert=ca_path)) as client:
