@@ -36,7 +36,7 @@ from ._errors import (
     WriteTimeoutError,
 )
 from ._framing import Codec, Delimited, FixedSize, LengthPrefixed, Lines
-from ._listener import Listener
+from ._listener import Listener, ListenerStats
 from ._service import ConnectionService, Service
 from ._sockopts import KeepAlive
 from ._tls import TLSInfo
@@ -63,6 +63,7 @@ __all__ = [
     "ListenerError",
     "ListenerSecureSocket",
     "Listener",
+    "ListenerStats",
     "MutualSsl",
     "PeerClosedError",
     "Protocol",

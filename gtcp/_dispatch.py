@@ -33,6 +33,7 @@ from ._errors import (
     ClosedError,
     ConfigError,
     Error,
+    FrameTooLongError,
     PeerClosedError,
     ReadTimeoutError,
     TLSError,
@@ -42,7 +43,7 @@ from ._io import LINGER_SECONDS, Stream
 from ._service import Callbacks, resolve
 from ._sockopts import apply as apply_sockopts
 
-__all__ = ["Connection", "ServeConfig"]
+__all__ = ["Connection", "Counters", "ServeConfig"]
 
 log = logging.getLogger("gtcp")
 
@@ -136,6 +137,17 @@ def _send_failure(exc: Error) -> Error:
     return exc
 
 
+class Counters:
+    """A listener's running totals (``Listener.stats()``), kept across its runs."""
+
+    __slots__ = ("accepted", "bytes_in", "bytes_out", "closed", "frames_too_long", "handshake_failures",
+                 "idle_timeouts")
+
+    def __init__(self) -> None:
+        self.accepted = self.closed = self.handshake_failures = 0
+        self.idle_timeouts = self.frames_too_long = self.bytes_in = self.bytes_out = 0
+
+
 @dataclass
 class ServeConfig:
     """What every connection of one listener run shares."""
@@ -147,6 +159,7 @@ class ServeConfig:
     idle_timeout: float | None
     framing: Any = None
     sockopts: tuple[tuple[int, int, int], ...] = ()
+    counters: Counters = field(default_factory=Counters)
     connections: set[Connection] = field(default_factory=set)
     idle_event: Event = field(default_factory=Event)
 
@@ -232,6 +245,7 @@ class Connection:
         cfg = self.cfg
         cfg.connections.add(self)
         cfg.idle_event.clear()
+        cfg.counters.accepted += 1
 
     def run(self) -> None:
         """Serve the connection to its end; never raises (the greenlet's body)."""
@@ -244,10 +258,14 @@ class Connection:
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.close()
+            counters = cfg.counters
             if self.stream is not None:
                 self.stream.finish(None)
+                counters.bytes_in += self.stream.nread
+                counters.bytes_out += self.stream.nwritten
             else:
                 self.gsock.close()
+            counters.closed += 1
             cfg.connections.discard(self)
             if not cfg.connections:
                 cfg.idle_event.set()
@@ -268,6 +286,7 @@ class Connection:
             except Error as exc:  # TLSError, or ClosedError from a stop
                 if not self.aborted:
                     log.warning("TLS handshake with %s failed: %s", self.peer, exc)
+                    cfg.counters.handshake_failures += 1
                 return
         if self.aborted:
             return
@@ -314,6 +333,8 @@ class Connection:
         finally:
             # Also when the greenlet is killed: on_close runs exactly once.
             stream.close()
+            if isinstance(error, FrameTooLongError):
+                self.cfg.counters.frames_too_long += 1
             if error is not None and callbacks.on_error is not None:
                 self._call("on_error", callbacks.on_error, caller, error)
             if callbacks.on_close is not None:
@@ -384,7 +405,10 @@ class Connection:
             except ClosedError:
                 if self._idle_false_alarm(stream):
                     continue
-                return ReadTimeoutError() if self.idle_expired else None
+                if self.idle_expired:
+                    self.cfg.counters.idle_timeouts += 1
+                    return ReadTimeoutError()
+                return None
             except PeerClosedError as exc:
                 if exc.__cause__ is not None:
                     return exc  # a reset is reported

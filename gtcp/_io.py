@@ -233,6 +233,8 @@ class Stream:
         "eof",
         "eof_sent",
         "handshaking",
+        "nread",
+        "nwritten",
         "rbuf",
         "rpos",
         "wlock",
@@ -280,6 +282,9 @@ class Stream:
         #: True while a TLS handshake waits (its waits are not idle time).
         self.handshaking = False
         self.write_timeout = write_timeout
+        #: Bytes received from and sent to the socket (TLS records included): the listener's stats.
+        self.nread = 0
+        self.nwritten = 0
 
     def _bind(self, gsock: Any) -> None:
         """Use the gevent socket *gsock*: its raw socket and its two io watchers."""
@@ -408,6 +413,7 @@ class Stream:
                 if data is not None:
                     if data:
                         self.drained = len(data) < STREAMING_CHUNK
+                        self.nread += len(data)
                         return data  # type: ignore[no-any-return]
                     self.eof = True
                     raise PeerClosedError()
@@ -458,6 +464,7 @@ class Stream:
                 except OSError as exc:
                     raise self._read_failed(exc) from exc
                 self.drained = len(chunk) < STREAMING_CHUNK
+                self.nread += len(chunk)
                 if chunk:
                     tin.write(chunk)
                 else:
@@ -584,6 +591,7 @@ class Stream:
                 sent = 0
             except OSError as exc:
                 raise self._write_failed(exc) from exc
+            self.nwritten += sent
             if sent == len(data):
                 return
             data = memoryview(data).cast("B")[sent:]
@@ -607,6 +615,7 @@ class Stream:
                 sent = 0
             except OSError as exc:
                 raise self._write_failed(exc) from exc
+            self.nwritten += sent
             if sent == len(data):
                 return None
             data = memoryview(data).cast("B")[sent:]
@@ -657,6 +666,7 @@ class Stream:
                     except OSError as exc:
                         raise self._write_failed(exc) from exc
                     if sent >= 0:
+                        self.nwritten += sent
                         view = view[sent:]
                         continue
                     if timer is None and self.write_timeout:
@@ -821,6 +831,7 @@ class Stream:
                 raise TLSError(f"TLS handshake failed: {reason(exc)}") from exc
             if not chunk:
                 raise TLSError("Connection closed by the peer during the TLS handshake")
+            self.nread += len(chunk)
             tin.write(chunk)
 
     def discard_readable(self) -> int:

@@ -9,6 +9,7 @@ import signal
 import socket
 import stat
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -17,14 +18,14 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from ._dispatch import Connection, ServeConfig
+from ._dispatch import Connection, Counters, ServeConfig
 from ._errors import ConfigError, Error, ListenerError
 from ._framing import check_codec
 from ._io import reason, seconds
 from ._service import check_service
 from ._sockopts import socket_options
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "ListenerStats"]
 
 log = logging.getLogger("gtcp")
 
@@ -124,6 +125,21 @@ class _Server(StreamServer):
         super().close()
 
 
+@dataclass(frozen=True)
+class ListenerStats:
+    """``Listener.stats()``: counts since the listener was made; in Prometheus terms
+    ``gtcp_open_connections`` (a gauge) and ``gtcp_<name>_total`` (counters)."""
+
+    open: int
+    accepted: int
+    closed: int
+    handshake_failures: int
+    idle_timeouts: int
+    frames_too_long: int
+    bytes_in: int
+    bytes_out: int
+
+
 class Listener:
     """A TCP (or TLS) server: Ballerina's ``tcp:Listener``.
 
@@ -180,6 +196,7 @@ class Listener:
         self._unix_path: str | None = None
         self._unix_mode = 0o600
         self._unix_bound: tuple[int, int] | None = None
+        self._counters = Counters()  # across runs: counters never go down
 
     @classmethod
     def unix(cls, path: str, mode: int = 0o600, **options: Any) -> Listener:
@@ -255,7 +272,8 @@ class Listener:
             handshake_timeout = _handshake_timeout(self._secure_socket)
         sock = self._bind()
         serving = ServeConfig(self._service, context, handshake_timeout,
-                              self._write_timeout, self._idle_timeout, self._framing, self._sockopts)
+                              self._write_timeout, self._idle_timeout, self._framing, self._sockopts,
+                              self._counters)
         serving.idle_event.set()
         spawn: Any = Pool(self._max_connections) if self._max_connections else "default"
         server = _Server(sock, _unused_handle, spawn=spawn)
@@ -297,6 +315,28 @@ class Listener:
             where = f"{host if host is not None else '*'}:{self._local_port}"
             raise ListenerError(f"Error initializing the server: {cause} ({where})") from exc
         return sock
+
+    def stats(self) -> ListenerStats:
+        """A snapshot of the counts since the listener was made (across its runs).
+
+        ``open`` connections now; ``accepted`` and ``closed`` connections;
+        ``handshake_failures`` (TLS handshakes that failed, stops excluded);
+        ``idle_timeouts``; ``frames_too_long`` (connections ended by a
+        ``FrameTooLongError``); ``bytes_in``/``bytes_out`` on the sockets (TLS
+        records included), open connections' bytes so far included.
+        """
+        counters = self._counters
+        live = [conn.stream for run in self._runs for conn in run.connections if conn.stream is not None]
+        return ListenerStats(
+            open=sum(len(run.connections) for run in self._runs),
+            accepted=counters.accepted,
+            closed=counters.closed,
+            handshake_failures=counters.handshake_failures,
+            idle_timeouts=counters.idle_timeouts,
+            frames_too_long=counters.frames_too_long,
+            bytes_in=counters.bytes_in + sum(stream.nread for stream in live),
+            bytes_out=counters.bytes_out + sum(stream.nwritten for stream in live),
+        )
 
     def reload_tls(self, secure_socket: Any = None) -> None:
         """Re-read the TLS files (or take a new ``ListenerSecureSocket`` or dict) for new handshakes.

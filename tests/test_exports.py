@@ -11,7 +11,7 @@ import gtcp
 PUBLIC = {
     "Caller", "CertKey", "Client", "ClientSecureSocket", "ClosedError", "Codec", "ConfigError",
     "ConnectError", "ConnectionService", "Delimited", "Error", "FixedSize", "FrameTooLongError",
-    "KeepAlive", "KeyStore", "LengthPrefixed", "Lines", "Listener", "ListenerError",
+    "KeepAlive", "KeyStore", "LengthPrefixed", "Lines", "Listener", "ListenerError", "ListenerStats",
     "ListenerSecureSocket", "MutualSsl", "PeerClosedError", "Protocol", "ProtocolConfig",
     "ReadTimeoutError", "Service", "TLSError", "TLSInfo", "TrustStore", "VerifyClient",
     "WriteError", "WriteTimeoutError", "__version__",
