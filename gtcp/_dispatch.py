@@ -379,10 +379,9 @@ class Connection:
                     return None
                 if found is not None:
                     frame, end = found
-                    if not stream.rpos < end <= len(stream.rbuf):
-                        log.error("the framing codec of connection %s returned end=%r for a frame starting "
-                                  "at %d of %d buffered bytes (it must move forward); closing it",
-                                  caller.id, end, stream.rpos, len(stream.rbuf))
+                    bad = stream.bad_frame_end(end)
+                    if bad is not None:
+                        log.error("%s; closing connection %s", bad, caller.id)
                         return None
                     if end < len(stream.rbuf):
                         stream.rpos = end

@@ -339,6 +339,17 @@ class Stream:
         return FrameTooLongError(
             f"Frame too long: more than {limit} bytes buffered without a whole frame", limit)
 
+    def bad_frame_end(self, end: object) -> Error | None:
+        """The error for a codec's ``end`` that does not move forward within the buffer, else None.
+
+        Checked by both readers of frames (the listener's loop, the client's
+        reads): a codec bug must end the connection, never spin it.
+        """
+        if isinstance(end, int) and self.rpos < end <= len(self.rbuf):
+            return None
+        return Error(f"the framing codec returned end={end!r} for a frame starting at "
+                     f"{self.rpos} of {len(self.rbuf)} buffered bytes (it must move forward)")
+
     def consume(self, end: int) -> None:
         """Mark the buffer consumed up to offset *end*."""
         if end >= len(self.rbuf):
@@ -507,9 +518,9 @@ class Stream:
                 found = decode(self.rbuf, self.rpos)
                 if found is not None:
                     frame, end = found
-                    if not self.rpos < end <= len(self.rbuf):
-                        raise Error(f"the framing codec returned end={end!r} for a frame starting at "
-                                    f"{self.rpos} of {len(self.rbuf)} buffered bytes (it must move forward)")
+                    bad = self.bad_frame_end(end)
+                    if bad is not None:
+                        raise bad
                     self.consume(end)
                     return frame
             if timeout:
