@@ -196,6 +196,8 @@ class Listener:
         self._unix_path: str | None = None
         self._unix_mode = 0o600
         self._unix_bound: tuple[int, int] | None = None
+        #: Listener.from_socket(): a socket bound and listening already (inherited from a supervisor or systemd).
+        self._adopted: Any = None
         self._counters = Counters()  # across runs: counters never go down
 
     @classmethod
@@ -217,6 +219,23 @@ class Listener:
         listener = cls(0, **options)
         listener._unix_path = path
         listener._unix_mode = mode
+        return listener
+
+    @classmethod
+    def from_socket(cls, sock: socket.socket, **options: Any) -> Listener:
+        """A listener on *sock*, a stream socket already bound and listening.
+
+        For sockets handed over by a supervisor (``gtcp serve`` workers) or by
+        systemd socket activation. The listener owns *sock* from here on: a
+        stop closes it (closing this process's descriptor; a copy held by
+        another process keeps the port open). Same options as ``Listener(...)``.
+        """
+        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+            raise ConfigError(f"from_socket() needs a listening stream socket, got {sock!r}")
+        if "local_host" in options:
+            raise ConfigError("local_host does not apply to a socket that is bound already")
+        listener = cls(0, **options)
+        listener._adopted = sock
         return listener
 
     # -- services --------------------------------------------------------------
@@ -279,7 +298,8 @@ class Listener:
         server = _Server(sock, _unused_handle, spawn=spawn)
         server.serving = serving
         server.start()
-        self._port = 0 if self._unix_path is not None else sock.getsockname()[1]
+        name = sock.getsockname()
+        self._port = name[1] if isinstance(name, tuple) else 0
         self._server = server
         self._serving = serving
         self._runs = [run for run in self._runs if run.connections]
@@ -288,6 +308,8 @@ class Listener:
         self._stopped.clear()
 
     def _bind(self) -> Any:
+        if self._adopted is not None:
+            return self._adopt()
         if self._unix_path is not None:
             return self._bind_unix(self._unix_path)
         host = self._local_host
@@ -315,6 +337,16 @@ class Listener:
             where = f"{host if host is not None else '*'}:{self._local_port}"
             raise ListenerError(f"Error initializing the server: {cause} ({where})") from exc
         return sock
+
+    def _adopt(self) -> Any:
+        """The gevent socket for the adopted one (once: a stop closes it)."""
+        sock = self._adopted
+        if sock.fileno() < 0:
+            raise ListenerError("Error initializing the server: the adopted socket is closed")
+        if isinstance(sock, gevent.socket.socket):
+            return sock
+        gsock = gevent.socket.socket(sock.family, sock.type, fileno=sock.detach())
+        return gsock
 
     def stats(self) -> ListenerStats:
         """A snapshot of the counts since the listener was made (across its runs).
