@@ -37,6 +37,7 @@ from ._errors import (
 )
 from ._framing import Codec, Delimited, FixedSize, LengthPrefixed, Lines
 from ._listener import Listener, ListenerStats
+from ._proxy import ProxyInfo
 from ._service import ConnectionService, Service
 from ._sockopts import KeepAlive
 from ._tls import TLSInfo
@@ -68,6 +69,7 @@ __all__ = [
     "PeerClosedError",
     "Protocol",
     "ProtocolConfig",
+    "ProxyInfo",
     "ReadTimeoutError",
     "Service",
     "TLSError",

@@ -10,6 +10,7 @@ from ._framing import Codec, check_codec
 from ._io import Stream
 
 if TYPE_CHECKING:
+    from ._proxy import ProxyInfo
     from ._tls import TLSInfo
 
 __all__ = ["Caller", "host_text"]
@@ -32,11 +33,13 @@ class Caller:
 
     Attributes: ``remote_host`` and ``remote_port`` (the peer), ``local_host``
     and ``local_port`` (this side), ``id`` (a unique string, the same in every
-    callback of the connection) and ``tls`` (a :class:`gtcp.TLSInfo`, or
-    ``None`` on plain TCP).
+    callback of the connection), ``tls`` (a :class:`gtcp.TLSInfo`, or
+    ``None`` on plain TCP) and ``proxy`` (a :class:`gtcp.ProxyInfo` on a
+    listener with ``proxy_protocol``, else ``None``). Behind a proxy,
+    ``remote_host``/``remote_port`` are the client's, as the header gave them.
     """
 
-    __slots__ = ("_conn", "_id", "_stream", "local_host", "local_port", "remote_host", "remote_port")
+    __slots__ = ("_conn", "_id", "_stream", "local_host", "local_port", "proxy", "remote_host", "remote_port")
 
     def __init__(self, stream: Stream, remote: Any, local: Any, conn: Any = None) -> None:
         self._stream = stream
@@ -52,6 +55,9 @@ class Caller:
             self.local_host = str(local)
             self.local_port = 0
         self._id: str | None = None
+        #: What the PROXY protocol header said (``gtcp.ProxyInfo``), on a
+        #: listener with ``proxy_protocol``; ``None`` otherwise.
+        self.proxy: ProxyInfo | None = None
 
     @property
     def id(self) -> str:

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gevent import Timeout, get_hub, getcurrent
 from gevent.event import Event
 
-from ._caller import Caller
+from ._caller import Caller, host_text
 from ._errors import (
     SEND_FAILED_MESSAGE,
     ClosedError,
@@ -40,6 +41,7 @@ from ._errors import (
     WriteError,
 )
 from ._io import LINGER_SECONDS, Stream
+from ._proxy import BadHeader, ProxyInfo, decode, is_trusted
 from ._service import Callbacks, resolve
 from ._sockopts import apply as apply_sockopts
 
@@ -63,6 +65,10 @@ _CLOSE = object()
 
 #: Callbacks of a connection whose on_connect returned None: read and drop.
 _DISCARD = Callbacks(_discard, False, None, None)
+
+#: Seconds a PROXY protocol header may take to arrive on a plain listener (a
+#: TLS listener uses its handshake timeout).
+PROXY_HEADER_TIMEOUT = 60.0
 
 
 def _reply_bytes(caller: Caller, codec: Any, result: object, name: str = "on_bytes") -> object:
@@ -160,6 +166,9 @@ class ServeConfig:
     framing: Any = None
     sockopts: tuple[tuple[int, int, int], ...] = ()
     counters: Counters = field(default_factory=Counters)
+    #: PROXY protocol: None, "v1", "v2" or "any"; and the networks allowed to connect (None: any).
+    proxy_protocol: str | None = None
+    trusted_proxies: tuple[Any, ...] | None = None
     connections: set[Connection] = field(default_factory=set)
     idle_event: Event = field(default_factory=Event)
 
@@ -176,6 +185,7 @@ class Connection:
         "greenlet",
         "gsock",
         "idle_expired",
+        "proxy",
         "stream",
     )
 
@@ -186,6 +196,8 @@ class Connection:
         self.stream: Stream | None = None
         self.aborted = False
         self.idle_expired = False
+        #: What the PROXY protocol header said (None without one).
+        self.proxy: ProxyInfo | None = None
         self._idle_timer: Any = None
         self._last_read = 0.0
         #: The greenlet serving this connection (joined by the stops).
@@ -193,9 +205,13 @@ class Connection:
 
     @property
     def peer(self) -> str:
-        """``host:port`` of the peer, for log lines."""
+        """``host:port`` of the peer, for log lines (the client's, and the proxy's, behind a proxy)."""
         address = self._address
-        return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address or "unix socket")
+        proxy = self.proxy
+        if proxy is not None and proxy.command == "PROXY":
+            return f"{proxy.source_host}:{proxy.source_port} (via proxy {peer})"
+        return peer
 
     # -- stopping (called from other greenlets) ---------------------------
 
@@ -280,13 +296,23 @@ class Connection:
         if cfg.sockopts:
             apply_sockopts(gsock, cfg.sockopts)
         stream = self.stream = Stream(gsock, cfg.write_timeout, cfg.framing)
+        header_bytes = -1
+        if cfg.proxy_protocol is not None:
+            if not self._read_proxy_header(stream):
+                return
+            header_bytes = stream.nread - stream.buffered
         if cfg.ssl_context is not None:
             try:
                 stream.start_tls(cfg.ssl_context, server_side=True, timeout=cfg.handshake_timeout)
             except Error as exc:  # TLSError, or ClosedError from a stop
-                if not self.aborted:
-                    log.warning("TLS handshake with %s failed: %s", self.peer, exc)
-                    cfg.counters.handshake_failures += 1
+                if self.aborted:
+                    return
+                if stream.nread == header_bytes and not isinstance(exc.__cause__, ssl.SSLError):
+                    # Nothing after the PROXY header, then a close: a health check.
+                    log.debug("connection from %s closed after its PROXY protocol header: %s", self.peer, exc)
+                    return
+                log.warning("TLS handshake with %s failed: %s", self.peer, exc)
+                cfg.counters.handshake_failures += 1
                 return
         if self.aborted:
             return
@@ -296,11 +322,64 @@ class Connection:
             log.debug("connection from %s ended before it was served: %s", self.peer, exc)
             return
         caller = Caller(stream, self._address, local, self)
+        proxy = self.proxy
+        if proxy is not None:
+            caller.proxy = proxy
+            if proxy.command == "PROXY":
+                caller.remote_host = proxy.source_host or ""
+                caller.remote_port = proxy.source_port or 0
         callbacks = self._connect(caller)
         if callbacks is None:
             stream.finish(None if self.aborted else LINGER_SECONDS)
             return
         self._serve(stream, caller, callbacks)
+
+    def _read_proxy_header(self, stream: Stream) -> bool:
+        """Check the peer is a trusted proxy and read its PROXY header; False to close.
+
+        A refusal is one log line (WARNING) and no callback; a peer that
+        closes right after a complete header (a load balancer's health check)
+        is logged at DEBUG. Bytes after the header stay buffered: the
+        client's first bytes, or its TLS ClientHello.
+        """
+        cfg = self.cfg
+        address = self._address
+        if cfg.trusted_proxies is not None:
+            host = host_text(address) if isinstance(address, tuple) else ""
+            if not is_trusted(host, cfg.trusted_proxies):
+                log.warning("connection from %s closed: not a trusted proxy (trusted_proxies)", self.peer)
+                return False
+        mode = cfg.proxy_protocol or "any"
+        timeout = (cfg.handshake_timeout if cfg.ssl_context is not None else None) or PROXY_HEADER_TIMEOUT
+        try:
+            info: ProxyInfo = stream.read_decoded(lambda buffer, start: decode(buffer, start, mode), timeout)
+        except BadHeader as exc:
+            log.warning("bad PROXY protocol header from %s; closing: %s", self.peer, exc)
+            return False
+        except ReadTimeoutError:
+            log.warning("no PROXY protocol header from %s within %g s; closing", self.peer, timeout)
+            return False
+        except PeerClosedError as exc:
+            received = len(exc.partial)
+            if received:
+                log.warning("truncated PROXY protocol header from %s (%d bytes, then the connection "
+                            "ended); closing", self.peer, received)
+            else:
+                log.warning("connection from %s ended before its PROXY protocol header: %s", self.peer, exc)
+            return False
+        except ClosedError:
+            return False  # a stop
+        except Error as exc:
+            log.warning("PROXY protocol header from %s; closing: %s", self.peer, exc)
+            return False
+        if isinstance(address, tuple):
+            info = replace(info, proxy_host=host_text(address), proxy_port=int(address[1]))
+        self.proxy = info
+        if not stream.buffered and stream.peer_gone():
+            log.debug("connection from %s closed right after its PROXY protocol header (a health check?)",
+                      self.peer)
+            return False
+        return True
 
     def _connect(self, caller: Caller) -> Callbacks | None:
         """Run on_connect; the callbacks to serve with, or None to close."""

@@ -775,8 +775,10 @@ class Stream:
         connection can be upgraded, STARTTLS), handshakes are cooperative
         whatever the context's class, and a close_notify is one
         ``SSL_shutdown`` under gtcp's control (see :meth:`_close_notify`).
-        The read buffer must be empty (the caller decides what to do with
-        plaintext read ahead). One ``gevent.Timeout`` bounds the whole
+        Bytes already in the read buffer are taken as the first ciphertext
+        (a ClientHello that came in the same segment as a PROXY header); a
+        caller upgrading a plaintext stream decides first what to do with
+        plaintext read ahead (STARTTLS discards it). One ``gevent.Timeout`` bounds the whole
         handshake (gevent's socket timeouts apply per wait). Raises
         ``TLSError``; ``ClosedError`` if the stream is closed meanwhile (a
         stop). Either way the stream cannot be used any more.
@@ -789,6 +791,9 @@ class Stream:
                                    server_hostname=server_hostname, session=session)
         except (ssl.SSLError, ValueError) as exc:
             raise TLSError(reason(exc)) from exc
+        if self.rpos < len(self.rbuf):
+            tin.write(bytes(self.rbuf[self.rpos:]))
+            self.consume(len(self.rbuf))
         # Writers of other greenlets (a broadcast, a push) wait for the
         # handshake, then go out encrypted: the write lock is held throughout.
         lock = self._write_lock()
@@ -844,6 +849,15 @@ class Stream:
                 raise TLSError("Connection closed by the peer during the TLS handshake")
             self.nread += len(chunk)
             tin.write(chunk)
+
+    def peer_gone(self) -> bool:
+        """True if the peer already closed or reset (checked without waiting or consuming)."""
+        try:
+            return not self._raw.recv(1, _stdsocket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def discard_readable(self) -> int:
         """Read and drop what the socket already holds (never waits); the byte count."""

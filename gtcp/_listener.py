@@ -22,6 +22,7 @@ from ._dispatch import Connection, Counters, ServeConfig
 from ._errors import ConfigError, Error, ListenerError
 from ._framing import check_codec
 from ._io import reason, seconds
+from ._proxy import check_mode, trusted_networks
 from ._service import check_service
 from ._sockopts import socket_options
 
@@ -42,7 +43,7 @@ DEFAULT_WRITE_TIMEOUT = 300.0
 STOP_JOIN_SECONDS = 10.0
 
 _OPTIONS = frozenset({"backlog", "max_connections", "idle_timeout", "write_timeout", "reuse_port", "framing",
-                      "keepalive", "user_timeout"})
+                      "keepalive", "user_timeout", "proxy_protocol", "trusted_proxies"})
 
 # Accept errors, after trio's review (trio/_highlevel_socket.py). Running out
 # of descriptors or kernel memory is a state the server can recover from once
@@ -182,6 +183,10 @@ class Listener:
         self._reuse_port = bool(options.get("reuse_port", False))
         self._framing = check_codec(options.get("framing"), "framing")
         self._sockopts = socket_options(options.get("keepalive"), options.get("user_timeout"))
+        self._proxy_protocol = check_mode(options.get("proxy_protocol"))
+        self._trusted_proxies = trusted_networks(options.get("trusted_proxies"))
+        if self._trusted_proxies is not None and self._proxy_protocol is None:
+            raise ConfigError("trusted_proxies needs proxy_protocol='v1', 'v2' or 'any'")
         if self._reuse_port and not hasattr(socket, "SO_REUSEPORT"):
             raise ConfigError("reuse_port is not supported on this platform")
         self._service: Any = None
@@ -196,7 +201,7 @@ class Listener:
         self._unix_path: str | None = None
         self._unix_mode = 0o600
         self._unix_bound: tuple[int, int] | None = None
-        #: Listener.from_socket(): a socket bound and listening already (inherited from a supervisor or systemd).
+        #: Listener.from_socket(): a socket bound and listening already (a supervisor's, systemd's).
         self._adopted: Any = None
         self._counters = Counters()  # across runs: counters never go down
 
@@ -216,6 +221,9 @@ class Listener:
             raise ConfigError(f"mode must be permission bits from 0 to 0o777, got {mode!r}")
         if "local_host" in options:
             raise ConfigError("local_host does not apply to a Unix domain socket")
+        if options.get("trusted_proxies") is not None:
+            raise ConfigError("trusted_proxies does not apply to a Unix domain socket "
+                              "(its file's mode decides who may connect)")
         listener = cls(0, **options)
         listener._unix_path = path
         listener._unix_mode = mode
@@ -234,6 +242,9 @@ class Listener:
             raise ConfigError(f"from_socket() needs a listening stream socket, got {sock!r}")
         if "local_host" in options:
             raise ConfigError("local_host does not apply to a socket that is bound already")
+        if sock.family == socket.AF_UNIX and options.get("trusted_proxies") is not None:
+            raise ConfigError("trusted_proxies does not apply to a Unix domain socket "
+                              "(its file's mode decides who may connect)")
         listener = cls(0, **options)
         listener._adopted = sock
         return listener
@@ -292,7 +303,7 @@ class Listener:
         sock = self._bind()
         serving = ServeConfig(self._service, context, handshake_timeout,
                               self._write_timeout, self._idle_timeout, self._framing, self._sockopts,
-                              self._counters)
+                              self._counters, self._proxy_protocol, self._trusted_proxies)
         serving.idle_event.set()
         spawn: Any = Pool(self._max_connections) if self._max_connections else "default"
         server = _Server(sock, _unused_handle, spawn=spawn)

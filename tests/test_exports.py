@@ -12,7 +12,7 @@ PUBLIC = {
     "Caller", "CertKey", "Client", "ClientSecureSocket", "ClosedError", "Codec", "ConfigError",
     "ConnectError", "ConnectionService", "Delimited", "Error", "FixedSize", "FrameTooLongError",
     "KeepAlive", "KeyStore", "LengthPrefixed", "Lines", "Listener", "ListenerError", "ListenerStats",
-    "ListenerSecureSocket", "MutualSsl", "PeerClosedError", "Protocol", "ProtocolConfig",
+    "ListenerSecureSocket", "MutualSsl", "PeerClosedError", "Protocol", "ProtocolConfig", "ProxyInfo",
     "ReadTimeoutError", "Service", "TLSError", "TLSInfo", "TrustStore", "VerifyClient",
     "WriteError", "WriteTimeoutError", "__version__",
 }
