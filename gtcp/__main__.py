@@ -26,13 +26,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import gevent  # type: ignore[import-untyped, unused-ignore]
-
 from ._caller import Caller
 from ._client import Client
-from ._config import CertKey, ClientSecureSocket, ListenerSecureSocket, MutualSsl
+from ._config import CertKey, ClientSecureSocket
+from ._drain import Drain
 from ._errors import ConfigError, Error
 from ._listener import Listener
+from ._serve import GRACEFUL_TIMEOUT, add_command, listener_secure_socket, non_negative_seconds
 from ._service import ConnectionService, Service
 
 __all__ = ["main"]
@@ -141,12 +141,9 @@ def _cert_key(args: argparse.Namespace) -> CertKey | None:
 def _listener_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``Listener`` from the parsed options."""
     kwargs: dict[str, Any] = {"local_host": args.host}
-    key = _cert_key(args)
-    if key is None and args.ca is not None:
-        raise ConfigError("--ca needs --cert and --key: mutual TLS is TLS")
-    if key is not None:
-        mutual = None if args.ca is None else MutualSsl(args.ca)
-        kwargs["secure_socket"] = ListenerSecureSocket(key, mutual_ssl=mutual)
+    secure_socket = listener_secure_socket(args.cert, args.key, args.ca)
+    if secure_socket is not None:
+        kwargs["secure_socket"] = secure_socket
     return kwargs
 
 
@@ -194,30 +191,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _echo(args: argparse.Namespace) -> int:
-    """Serve the echo listener until Ctrl-C (or SIGTERM), then stop it gracefully."""
-    listener = _start_echo(args.port, **_listener_kwargs(args))
-    stopped = [gevent.signal_handler(signum, _stop, listener) for signum in STOP_SIGNALS]
-    try:
-        listener.serve_forever()
-    except KeyboardInterrupt:
-        # SIGINT that arrived before the handlers were in place.
-        _stop(listener)
-    finally:
-        for handler in stopped:
-            handler.cancel()
-    return 0
+    """Serve the echo listener until Ctrl-C (or SIGTERM), then stop it gracefully.
 
-
-def _stop(listener: Listener) -> None:
-    """Stop the echo listener gracefully: new connections are refused at once.
-
-    Runs in its own greenlet (gevent's signal handler), so the hub never sees
-    a ``KeyboardInterrupt`` (it would print one to stderr) and ``serve_forever``
-    simply returns in the main greenlet.
+    The first SIGINT/SIGTERM stops accepting and lets open connections finish
+    within ``--graceful-timeout`` seconds; those left then are closed (each
+    prints ``Client left``). A second signal closes them at once. Exit status 0.
     """
-    if listener.running:
-        _say("Stopping the echo server")
-        listener.graceful_stop()
+    drain = Drain(args.graceful_timeout, graceful=STOP_SIGNALS,
+                  on_stop=lambda: _say("Stopping the echo server"))
+    with drain:
+        drain.add(_start_echo(args.port, **_listener_kwargs(args)))
+        drain.wait()
+    return 0
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -261,7 +246,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_listener_options(echo)
     echo.add_argument("--port", type=_port, required=True,
                       help="port to listen on (0 picks a free one; the line printed at start shows it)")
+    echo.add_argument("--graceful-timeout", type=non_negative_seconds, default=GRACEFUL_TIMEOUT,
+                      metavar="S",
+                      help="at Ctrl-C or SIGTERM, seconds open connections get to finish before they are "
+                           "closed (default: %(default)g s); a second signal closes them at once")
     echo.set_defaults(run=_echo)
+
+    add_command(commands)
 
     send = commands.add_parser(
         "send", help="send one text and print the reply",
