@@ -365,7 +365,9 @@ class Connection:
                 log.warning("truncated PROXY protocol header from %s (%d bytes, then the connection "
                             "ended); closing", self.peer, received)
             else:
-                log.warning("connection from %s ended before its PROXY protocol header: %s", self.peer, exc)
+                # Not one byte: a TCP health check (a Kubernetes tcpSocket
+                # probe, HAProxy without check-send-proxy), or a port scan.
+                log.info("connection from %s ended before its PROXY protocol header: %s", self.peer, exc)
             return False
         except ClosedError:
             return False  # a stop

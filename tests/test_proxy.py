@@ -398,7 +398,6 @@ BAD_INPUT = [
     ("oversized v1", b"PROXY " + b"1" * 200, "longer than 107 bytes"),
     ("oversized v2", V2_SIGNATURE + b"\x21\x11\xff\xff" + b"\0" * 100, "more than 4096"),
     ("truncated", encode_v2(("1.2.3.4", 5))[:20], "truncated PROXY protocol header"),
-    ("empty", b"", "ended before its PROXY protocol header"),
 ]
 
 
@@ -420,6 +419,19 @@ def test_bad_input_closes_with_one_log_line_and_no_callback(serve, gtcp_log, pay
     warnings = _warnings(gtcp_log)
     assert len(warnings) == 1, warnings
     assert message in warnings[0]
+
+
+def test_connection_closed_without_a_byte_is_one_info_line(serve, gtcp_log):
+    """A TCP health check (a Kubernetes tcpSocket probe) sends nothing: INFO, not WARNING."""
+    service = Recorder()
+    listener = serve(service, proxy_protocol="v2")
+    sock = gevent.socket.create_connection(("127.0.0.1", listener.port), timeout=LONG)
+    sock.close()
+    _wait_closed(listener, 1)
+    assert service.connected.empty()
+    assert _warnings(gtcp_log) == []
+    lines = [r.getMessage() for r in gtcp_log.records if r.name == "gtcp" and r.levelno == logging.INFO]
+    assert len(lines) == 1 and "ended before its PROXY protocol header" in lines[0], lines
 
 
 def _wait_closed(listener: gtcp.Listener, count: int) -> None:
