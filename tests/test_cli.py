@@ -7,7 +7,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,105 @@ def test_cli_send_to_echo_server_then_sigint_stops_it() -> None:
     assert "Echo: héllo wörld" in out.splitlines()
 
 
+class EchoServer:
+    """``python -m gtcp echo`` in a subprocess; its stdout read line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = gevent.subprocess.Popen(
+            gtcp_command("echo", "--host", "127.0.0.1", "--port", "0", *args), cwd=ROOT, env=environment(),
+            stdout=gevent.subprocess.PIPE, stderr=gevent.subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        first = self.next_line()
+        listening = re.fullmatch(r"Echo server listening on 127\.0\.0\.1:(\d+)", first)
+        assert listening is not None, first
+        self.port = int(listening[1])
+
+    def next_line(self) -> str:
+        with gevent.Timeout(LONG, AssertionError(f"no more output after {self.lines}")):
+            line = self.proc.stdout.readline()
+        assert line, f"output ended after {self.lines}"
+        self.lines.append(line.rstrip("\n"))
+        return self.lines[-1]
+
+    def wait_for(self, wanted: str) -> None:
+        while self.next_line() != wanted:
+            pass
+
+    def finish(self) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=LONG)
+        self.lines.extend(out.splitlines())
+        return self.proc.returncode, "\n".join(self.lines), err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def echo_server() -> Iterator[Callable[..., EchoServer]]:
+    """Start ``python -m gtcp echo``; kill what is left after the test."""
+    servers: list[EchoServer] = []
+
+    def start(*args: str) -> EchoServer:
+        servers.append(EchoServer(*args))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_echo_stop_lets_a_connected_client_finish(
+    echo_server: Callable[..., EchoServer], signum: int
+) -> None:
+    server = echo_server()
+    with gtcp.Client("127.0.0.1", server.port, timeout=LONG) as client:
+        client.write_bytes(b"before")
+        assert client.read_bytes() == b"before"
+        server.proc.send_signal(signum)
+        server.wait_for("Stopping the echo server")
+        client.write_bytes(b"while stopping")  # still served
+        assert client.read_bytes() == b"while stopping"
+    server.wait_for("Client left")
+    code, out, err = server.finish()
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[-3:] == ["Stopping the echo server", "Echo: while stopping", "Client left"]
+
+
+@pytest.mark.timeout(60)
+def test_cli_echo_graceful_timeout_closes_a_client_that_stays(echo_server: Callable[..., EchoServer]) -> None:
+    server = echo_server("--graceful-timeout", "0.3")
+    with gtcp.Client("127.0.0.1", server.port, timeout=LONG) as client:
+        client.write_bytes(b"hi")
+        assert client.read_bytes() == b"hi"
+        server.proc.send_signal(signal.SIGINT)
+        with pytest.raises(gtcp.PeerClosedError):
+            client.read_bytes()  # EOF at the deadline
+    code, out, err = server.finish()
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[-2:] == ["Stopping the echo server", "Client left"]
+
+
+@pytest.mark.timeout(60)
+def test_cli_echo_second_signal_closes_at_once(echo_server: Callable[..., EchoServer]) -> None:
+    server = echo_server("--graceful-timeout", "60")
+    with gtcp.Client("127.0.0.1", server.port, timeout=LONG) as client:
+        client.write_bytes(b"hi")
+        assert client.read_bytes() == b"hi"
+        server.proc.send_signal(signal.SIGINT)
+        server.wait_for("Stopping the echo server")
+        server.proc.send_signal(signal.SIGINT)
+        with pytest.raises(gtcp.PeerClosedError):
+            client.read_bytes()
+    code, out, err = server.finish()
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[-1] == "Client left"
+
+
 @pytest.mark.timeout(60)
 def test_cli_send_to_echo_server_over_mutual_tls(pki: dict[str, str]) -> None:
     out = serve_echo_then_interrupt(
@@ -245,7 +344,7 @@ def test_cli_port_that_is_not_a_number_is_a_usage_error(capsys: pytest.CaptureFi
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("command", [[], ["demo"], ["echo"], ["send"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["echo"], ["send"], ["serve"]])
 def test_cli_help_exits_0(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
