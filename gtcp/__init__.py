@@ -40,7 +40,7 @@ from ._listener import Listener, ListenerStats
 from ._proxy import ProxyInfo
 from ._service import ConnectionService, Service
 from ._sockopts import KeepAlive
-from ._tls import TLSInfo
+from ._tlsinfo import TLSInfo
 from ._version import __version__
 
 __all__ = [

@@ -11,7 +11,7 @@ from ._io import Stream
 
 if TYPE_CHECKING:
     from ._proxy import ProxyInfo
-    from ._tls import TLSInfo
+    from ._tlsinfo import TLSInfo
 
 __all__ = ["Caller", "host_text"]
 

@@ -18,7 +18,7 @@ from ._sockopts import apply as apply_sockopts
 from ._sockopts import socket_options
 
 if TYPE_CHECKING:
-    from ._tls import TLSInfo
+    from ._tlsinfo import TLSInfo
 
 __all__ = ["Client"]
 
@@ -91,7 +91,7 @@ class Client:
         secure = client_secure_socket(secure_socket)
         context = None
         if secure is not None:
-            from ._tls import client_context
+            from ._contexts import client_context
 
             context = client_context(secure)  # before connecting: a bad file fails fast
         self.remote_host = remote_host
@@ -127,7 +127,8 @@ class Client:
         return cls(path, 0, **options)
 
     def _secure(self, secure: Any, context: Any) -> None:
-        from ._tls import SESSIONS, handshake_timeout
+        from ._contexts import handshake_timeout
+        from ._sessions import SESSIONS
 
         host = secure.server_name or ("localhost" if self._unix else self.remote_host)
         session = SESSIONS.get(secure, self.remote_host, self.remote_port, context)
@@ -153,7 +154,7 @@ class Client:
         client is then closed), ``gtcp.Error`` if it is already TLS.
         """
         from ._config import client_secure_socket
-        from ._tls import client_context
+        from ._contexts import client_context
 
         stream = self._stream
         if stream.tls_object is not None:
@@ -323,7 +324,7 @@ class Client:
         tls = self._stream.tls_object
         session = tls.session if tls is not None else None
         if secure is not None and session is not None and session.has_ticket:
-            from ._tls import SESSIONS
+            from ._sessions import SESSIONS
 
             SESSIONS.put(secure, self.remote_host, self.remote_port, session, self._context)
             self._secure_socket = None

@@ -9,8 +9,8 @@ Wherever a record is accepted, a ``dict`` with the same keys is accepted too
 (nested dicts included). The constructors normalise what they are given, so a
 stored field always holds a record, a ``tuple`` (never a ``list``) or a
 ``float`` (never a ``Decimal``): records are hashable and compare equal when
-they mean the same thing. ``gtcp._tls`` relies on that to cache TLS contexts
-and sessions per record.
+they mean the same thing. ``gtcp._contexts`` and ``gtcp._sessions`` rely on
+that to cache TLS contexts and sessions per record.
 
 The records are dataclasses with ``init=False`` and a hand-written
 ``__init__``: the parameters accept the wide input types (dicts, lists,
@@ -19,8 +19,10 @@ normalised types that the rest of gtcp reads. Fields may be given positionally
 in the order API.md shows, or by keyword.
 
 Which TLS versions and cipher suites exist is a question for the local OpenSSL,
-so ``ProtocolConfig`` and the secure-socket records ask ``gtcp._tls`` (imported
-lazily: this module never imports ``ssl``).
+so ``ProtocolConfig`` and the secure-socket records ask
+:func:`gtcp._tls_probe.negotiation_plan`, passing it their version names and
+cipher names (not the records: ``gtcp._tls_probe`` does not import this
+module).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from ._errors import ConfigError
+from ._tls_probe import negotiation_plan
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -242,9 +245,7 @@ def _mutual_ssl(value: object) -> MutualSsl | None:
 
 def _check_tls(protocol: ProtocolConfig | None, ciphers: tuple[str, ...] | None) -> None:
     """Ask the local OpenSSL whether the versions and ciphers can work together."""
-    from . import _tls
-
-    _tls.negotiation_plan(protocol, ciphers)
+    negotiation_plan(protocol.versions if protocol is not None else (), ciphers)
 
 
 # ---------------------------------------------------------------------------
@@ -320,7 +321,7 @@ class ProtocolConfig:
             if version not in TLS_VERSION_NAMES:
                 raise ConfigError(f"Unknown TLS protocol version: {version!r}")
         object.__setattr__(self, "versions", names)
-        _check_tls(self, None)
+        negotiation_plan(names, None)
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -348,7 +349,7 @@ class ListenerSecureSocket:
     OpenSSL suite names (empty: OpenSSL's defaults). ``handshake_timeout``
     bounds each connection's handshake (``<= 0`` disables it).
     ``session_timeout`` cannot be applied by Python's ``ssl`` on a server
-    except that ``<= 0`` turns session tickets off (see ``gtcp._tls``).
+    except that ``<= 0`` turns session tickets off (see ``gtcp._contexts``).
     """
 
     key: CertKey | KeyStore

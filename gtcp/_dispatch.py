@@ -108,7 +108,7 @@ def _starttls_context(record: Any) -> tuple[Any, float | None]:
     """The server context and handshake timeout for *record* (built once, then cached)."""
     found = _STARTTLS_CONTEXTS.get(record)
     if found is None:
-        from ._tls import handshake_timeout, server_context
+        from ._contexts import handshake_timeout, server_context
 
         found = (server_context(record), handshake_timeout(record))
         if len(_STARTTLS_CONTEXTS) >= 64:  # records made on the fly: do not grow forever

@@ -71,7 +71,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._tls import TLSInfo
+    from ._tlsinfo import TLSInfo
 
 __all__ = [
     "LINGER_SECONDS", "READ", "READ_SIZE", "STREAMING_CHUNK", "WRITE", "Interrupted", "Stream", "reason",
@@ -1138,7 +1138,7 @@ class Stream:
         """Facts about the TLS connection, or ``None`` on plain TCP (or mid-handshake)."""
         if self._tls is None or not self._tls_ready:
             return None
-        from ._tls import tls_info
+        from ._tlsinfo import tls_info
 
         return tls_info(self._tls)
 

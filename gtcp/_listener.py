@@ -295,8 +295,8 @@ class Listener:
         context = None
         handshake_timeout = None
         if self._secure_socket is not None:
-            from ._tls import handshake_timeout as _handshake_timeout
-            from ._tls import server_context
+            from ._contexts import handshake_timeout as _handshake_timeout
+            from ._contexts import server_context
 
             context = server_context(self._secure_socket)
             handshake_timeout = _handshake_timeout(self._secure_socket)
@@ -392,7 +392,7 @@ class Listener:
         plain listener.
         """
         from ._config import listener_secure_socket
-        from ._tls import handshake_timeout, server_context
+        from ._contexts import handshake_timeout, server_context
 
         record = self._secure_socket if secure_socket is None else listener_secure_socket(secure_socket)
         if record is None:

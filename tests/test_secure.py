@@ -327,11 +327,11 @@ def test_secure_session_resumption(serve, pki, version):
 
 
 def test_secure_session_not_resumed_after_session_timeout(serve, pki, monkeypatch):
-    from gtcp import _tls
+    from gtcp import _sessions
 
     listener = serve(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
     now = [1000.0]
-    monkeypatch.setattr(_tls.SESSIONS, "_clock", lambda: now[0])
+    monkeypatch.setattr(_sessions.SESSIONS, "_clock", lambda: now[0])
     secure = _client_tls(pki, "TLSv1.2", session_timeout=5)
     assert _echo_once(listener.port, secure).session_reused is False
     now[0] += 10
@@ -415,12 +415,12 @@ def test_secure_handshake_failure_logs_one_line_no_traceback(serve, pki, gtcp_lo
 
 
 def test_secure_session_from_an_evicted_context_is_not_offered(serve, pki):
-    from gtcp import _tls
+    from gtcp import _contexts
 
     listener = serve(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
     secure = _client_tls(pki, "TLSv1.2", session_timeout=60)
     assert _echo_once(listener.port, secure).session_reused is False
-    _tls._client_contexts.clear()  # as if 32 other configurations had pushed it out
+    _contexts._client_contexts.clear()  # as if 32 other configurations had pushed it out
     info = _echo_once(listener.port, secure)  # a new context: must not fail
     assert info.session_reused is False
     assert _echo_once(listener.port, secure).session_reused is True

@@ -1,4 +1,5 @@
-"""Tests of gtcp._tls: contexts from records, key material, sessions, handshakes."""
+"""Tests of gtcp's TLS modules (_tls_probe, _keys, _contexts, _sessions, _tlsinfo): contexts from records,
+key material, sessions, handshakes."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from gtcp import _tls
+from gtcp import _contexts, _keys, _memfile, _sessions, _tls_probe
 from gtcp._config import (
     CertKey,
     ClientSecureSocket,
@@ -38,17 +39,11 @@ from gtcp._config import (
     TrustStore,
     VerifyClient,
 )
+from gtcp._contexts import client_context, handshake_timeout, server_context
 from gtcp._errors import ConfigError, TLSError
-from gtcp._tls import (
-    IANA_CIPHER_NAMES,
-    SessionCache,
-    TLSInfo,
-    client_context,
-    handshake_timeout,
-    server_context,
-    tls_info,
-    version_supported,
-)
+from gtcp._sessions import SessionCache
+from gtcp._tls_probe import IANA_CIPHER_NAMES, version_supported
+from gtcp._tlsinfo import TLSInfo, tls_info
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -291,7 +286,7 @@ def test_contexts_unknown_ciphers_are_listed() -> None:
 
 
 def test_IANA_CIPHER_NAMES_all_resolve_locally() -> None:
-    old, new = _tls.resolve_ciphers(tuple(IANA_CIPHER_NAMES))
+    old, new = _tls_probe.resolve_ciphers(tuple(IANA_CIPHER_NAMES))
     assert old == tuple(IANA_CIPHER_NAMES.values())
     assert new == ()
 
@@ -459,12 +454,12 @@ def test_KeyStore_leaves_no_file_or_descriptor(material: Material, monkeypatch: 
     if before is not None:
         assert len(os.listdir("/proc/self/fd")) == before
     # Without memfd_create: a private temporary file, gone once loaded.
-    monkeypatch.setattr(_tls, "_memfd", lambda: None)
+    monkeypatch.setattr(_memfile, "_memfd", lambda: None)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    monkeypatch.setattr(_tls.tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(_memfile.tempfile, "tempdir", str(scratch))
     seen: list[tuple[str, int]] = []
-    real = _tls._transient_file
+    real = _memfile.transient_file
 
     def spy(data: bytes) -> Iterator[str]:
         with real(data) as path:
@@ -472,7 +467,7 @@ def test_KeyStore_leaves_no_file_or_descriptor(material: Material, monkeypatch: 
             assert b"ENCRYPTED PRIVATE KEY" in Path(path).read_bytes()
             yield path
 
-    monkeypatch.setattr(_tls, "_transient_file", contextlib.contextmanager(spy))
+    monkeypatch.setattr(_keys, "transient_file", contextlib.contextmanager(spy))
     server_context(ListenerSecureSocket(KeyStore(store, "pw")))
     assert [(os.path.dirname(p), mode) for p, mode in seen] == [(str(scratch), 0o600)]
     assert list(scratch.iterdir()) == []
@@ -523,9 +518,9 @@ def test_client_context_cached_per_record(material: Material) -> None:
 
 
 def test_client_context_cache_is_bounded(material: Material) -> None:
-    for seconds in range(_tls.CLIENT_CONTEXT_CACHE_SIZE + 5):
+    for seconds in range(_contexts.CLIENT_CONTEXT_CACHE_SIZE + 5):
         client_context(_client(material, handshake_timeout=seconds + 1))
-    assert len(_tls._client_contexts._contexts) == _tls.CLIENT_CONTEXT_CACHE_SIZE
+    assert len(_contexts._client_contexts._contexts) == _contexts.CLIENT_CONTEXT_CACHE_SIZE
 
 
 def test_client_context_refuses_disabled_record() -> None:
@@ -716,7 +711,7 @@ def test_SessionCache_is_bounded_dropping_oldest() -> None:
 
 
 def test_SESSIONS_is_process_wide() -> None:
-    assert isinstance(_tls.SESSIONS, SessionCache)
+    assert isinstance(_sessions.SESSIONS, SessionCache)
 
 
 @pytest.mark.parametrize(
@@ -759,7 +754,7 @@ with gtcp.Client("localhost", secure.port, timeout=10,
     client.write_bytes(b"tls")
     assert client.read_bytes() == b"tls"
 seen["pem_tls"] = "cryptography" in sys.modules
-from gtcp._tls import server_context
+from gtcp._contexts import server_context
 try:  # the diagnosis of a failure may import it, and must still work in a fresh process
     server_context(gtcp.ListenerSecureSocket(gtcp.CertKey(cert, ca)))
 except gtcp.TLSError as exc:
@@ -793,7 +788,7 @@ def test_cryptography_is_imported_for_PKCS12_stores(material: Material) -> None:
     store = _p12(material, "server.p12", key_file=material.server_key, cert_file=material.server_cert, cas=[])
     code = (
         "import sys, gtcp\n"
-        "from gtcp._tls import server_context\n"
+        "from gtcp._contexts import server_context\n"
         "assert 'cryptography' not in sys.modules\n"
         "server_context(gtcp.ListenerSecureSocket(gtcp.KeyStore(sys.argv[1], 'pw')))\n"
         "print('cryptography' in sys.modules)\n"
