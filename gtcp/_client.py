@@ -13,9 +13,10 @@ from gevent.lock import Semaphore
 
 from ._errors import ClosedError, ConfigError, ConnectError, Error, PeerClosedError
 from ._framing import DEFAULT_MAX_LENGTH, Codec, Delimited, Lines, check_codec
-from ._io import Stream, reason, seconds
+from ._io import Stream, reason
 from ._sockopts import apply as apply_sockopts
 from ._sockopts import socket_options
+from ._timeouts import seconds
 
 if TYPE_CHECKING:
     from ._tlsinfo import TLSInfo
@@ -127,12 +128,12 @@ class Client:
         return cls(path, 0, **options)
 
     def _secure(self, secure: Any, context: Any) -> None:
-        from ._contexts import handshake_timeout
         from ._sessions import SESSIONS
 
         host = secure.server_name or ("localhost" if self._unix else self.remote_host)
         session = SESSIONS.get(secure, self.remote_host, self.remote_port, context)
-        self._stream.start_tls(context, server_side=False, timeout=handshake_timeout(secure),
+        timeout = seconds(secure.handshake_timeout, "handshake_timeout")
+        self._stream.start_tls(context, server_side=False, timeout=timeout,
                                server_hostname=host, session=session)
         tls: Any = self._stream.tls_object
         self._context = context

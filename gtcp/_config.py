@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from ._errors import ConfigError
+from ._timeouts import seconds
 from ._tls_probe import negotiation_plan
 
 __all__ = [
@@ -137,21 +137,9 @@ def _password(value: object, field: str, blank_message: str | None) -> str | Non
     return value
 
 
-def _seconds(value: object, field: str) -> float:
-    """A number of seconds: int, float or Decimal (not bool), not NaN."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-        raise ConfigError(f"{field} must be a number of seconds, got {value!r}")
-    try:
-        seconds = float(value)
-    except ValueError:  # Decimal("sNaN")
-        seconds = math.nan
-    if math.isnan(seconds):
-        raise ConfigError(f"{field} must be a number of seconds, got {value!r}")
-    return seconds
-
-
 def _optional_seconds(value: object, field: str) -> float | None:
-    return None if value is None else _seconds(value, field)
+    """A record field in seconds that may be None (``session_timeout``)."""
+    return None if value is None else seconds(value, field, as_given=True)
 
 
 def _flag(value: object, field: str) -> bool:
@@ -371,7 +359,8 @@ class ListenerSecureSocket:
         object.__setattr__(self, "key", _key(key, "key"))
         object.__setattr__(self, "protocol", _protocol(protocol))
         object.__setattr__(self, "ciphers", _listener_ciphers(ciphers))
-        object.__setattr__(self, "handshake_timeout", _seconds(handshake_timeout, "handshake_timeout"))
+        object.__setattr__(self, "handshake_timeout",
+                           seconds(handshake_timeout, "handshake_timeout", as_given=True))
         object.__setattr__(self, "session_timeout", _optional_seconds(session_timeout, "session_timeout"))
         object.__setattr__(self, "mutual_ssl", _mutual_ssl(mutual_ssl))
         _check_tls(self.protocol, self.ciphers)
@@ -417,7 +406,8 @@ class ClientSecureSocket:
             ("key", key, lambda v: None if v is None else _key(v, "key")),
             ("protocol", protocol, _protocol),
             ("ciphers", ciphers, _client_ciphers),
-            ("handshake_timeout", handshake_timeout, lambda v: _seconds(v, "handshake_timeout")),
+            ("handshake_timeout", handshake_timeout,
+             lambda v: seconds(v, "handshake_timeout", as_given=True)),
             ("session_timeout", session_timeout, lambda v: _optional_seconds(v, "session_timeout")),
             ("verify_hostname", verify_hostname, lambda v: _flag(v, "verify_hostname")),
             ("server_name", server_name, _server_name),

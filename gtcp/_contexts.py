@@ -20,7 +20,6 @@ cache for TLS 1.2 cannot be switched off from Python. The client side of
 from __future__ import annotations
 
 import collections
-import math
 import ssl
 import threading
 
@@ -31,7 +30,7 @@ from ._errors import ConfigError
 from ._keys import load_key, load_trust
 from ._tls_probe import negotiation_plan, set_versions
 
-__all__ = ["CLIENT_CONTEXT_CACHE_SIZE", "client_context", "handshake_timeout", "server_context"]
+__all__ = ["CLIENT_CONTEXT_CACHE_SIZE", "client_context", "server_context"]
 
 #: Client contexts kept, one per distinct ``ClientSecureSocket``. A context
 #: holds the loaded trust store (the system one is ~150 certificates), so keep
@@ -130,10 +129,4 @@ def client_context(cfg: ClientSecureSocket) -> ssl.SSLContext:
     if not cfg.enable:
         raise ConfigError("TLS is disabled in this ClientSecureSocket (enable=False)")
     return _client_contexts.get(cfg)
-
-
-def handshake_timeout(cfg: ListenerSecureSocket | ClientSecureSocket) -> float | None:
-    """The handshake deadline in seconds, or None when it is disabled (``<= 0``)."""
-    seconds = cfg.handshake_timeout
-    return seconds if 0 < seconds < math.inf else None
 

@@ -44,6 +44,7 @@ from ._io import LINGER_SECONDS, Stream
 from ._proxy import BadHeader, ProxyInfo, decode, is_trusted
 from ._service import Callbacks, resolve
 from ._sockopts import apply as apply_sockopts
+from ._timeouts import seconds
 
 __all__ = ["Connection", "Counters", "ServeConfig"]
 
@@ -108,9 +109,9 @@ def _starttls_context(record: Any) -> tuple[Any, float | None]:
     """The server context and handshake timeout for *record* (built once, then cached)."""
     found = _STARTTLS_CONTEXTS.get(record)
     if found is None:
-        from ._contexts import handshake_timeout, server_context
+        from ._contexts import server_context
 
-        found = (server_context(record), handshake_timeout(record))
+        found = (server_context(record), seconds(record.handshake_timeout, "handshake_timeout"))
         if len(_STARTTLS_CONTEXTS) >= 64:  # records made on the fly: do not grow forever
             _STARTTLS_CONTEXTS.pop(next(iter(_STARTTLS_CONTEXTS)))
         _STARTTLS_CONTEXTS[record] = found

@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LINGER_SECONDS", "READ", "READ_SIZE", "STREAMING_CHUNK", "WRITE", "Interrupted", "Stream", "reason",
-    "seconds", "switch_to",
+    "switch_to",
 ]
 
 
@@ -122,25 +122,6 @@ WRITE = 2
 #: cannot apply to a connection's greenlet.
 switch_to = greenlet.switch
 _TLS_EOF = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
-
-
-def seconds(value: object, name: str) -> float | None:
-    """Normalise a timeout: ``None`` or ``<= 0`` disables it (Ballerina).
-
-    Accepts ``int``, ``float`` and ``decimal.Decimal`` (anything with
-    ``__float__`` except ``bool`` and ``str``); raises ``ConfigError`` naming
-    the argument otherwise.
-    """
-    from ._errors import ConfigError
-
-    if value is None:
-        return None
-    if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
-        raise ConfigError(f"{name} must be a number of seconds or None, got {value!r}")
-    result = float(value)
-    if result != result:  # NaN
-        raise ConfigError(f"{name} must be a number of seconds or None, got {value!r}")
-    return result if result > 0 else None
 
 
 def reason(exc: BaseException) -> str:

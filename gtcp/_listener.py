@@ -21,10 +21,11 @@ from gevent.server import StreamServer
 from ._dispatch import Connection, Counters, ServeConfig
 from ._errors import ConfigError, Error, ListenerError
 from ._framing import check_codec
-from ._io import reason, seconds
+from ._io import reason
 from ._proxy import check_mode, trusted_networks
 from ._service import check_service
 from ._sockopts import socket_options
+from ._timeouts import seconds
 
 __all__ = ["Listener", "ListenerStats"]
 
@@ -295,11 +296,10 @@ class Listener:
         context = None
         handshake_timeout = None
         if self._secure_socket is not None:
-            from ._contexts import handshake_timeout as _handshake_timeout
             from ._contexts import server_context
 
             context = server_context(self._secure_socket)
-            handshake_timeout = _handshake_timeout(self._secure_socket)
+            handshake_timeout = seconds(self._secure_socket.handshake_timeout, "handshake_timeout")
         sock = self._bind()
         serving = ServeConfig(self._service, context, handshake_timeout,
                               self._write_timeout, self._idle_timeout, self._framing, self._sockopts,
@@ -392,7 +392,7 @@ class Listener:
         plain listener.
         """
         from ._config import listener_secure_socket
-        from ._contexts import handshake_timeout, server_context
+        from ._contexts import server_context
 
         record = self._secure_socket if secure_socket is None else listener_secure_socket(secure_socket)
         if record is None:
@@ -401,7 +401,7 @@ class Listener:
         if serving is not None:
             context = server_context(record)  # raises before anything changes
             serving.ssl_context = context
-            serving.handshake_timeout = handshake_timeout(record)
+            serving.handshake_timeout = seconds(record.handshake_timeout, "handshake_timeout")
         self._secure_socket = record
 
     def serve_forever(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ConfigError
+from ._timeouts import seconds
 
 __all__ = ["KeepAlive", "SocketOptions", "apply", "socket_options"]
 
@@ -56,8 +57,6 @@ def _option(name: str, option: str) -> int:
 def socket_options(keepalive: object = None, user_timeout: object = None) -> SocketOptions:
     """Validate ``keepalive`` (``None``/``False``, ``True`` or a :class:`KeepAlive`) and
     ``user_timeout`` (seconds; ``None`` or ``<= 0``: the system's default) into setsockopt triples."""
-    from ._io import seconds
-
     options: list[tuple[int, int, int]] = []
     if keepalive is True or isinstance(keepalive, KeepAlive):
         options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))

@@ -39,7 +39,7 @@ from gtcp._config import (
     TrustStore,
     VerifyClient,
 )
-from gtcp._contexts import client_context, handshake_timeout, server_context
+from gtcp._contexts import client_context, server_context
 from gtcp._errors import ConfigError, TLSError
 from gtcp._sessions import SessionCache
 from gtcp._tls_probe import IANA_CIPHER_NAMES, version_supported
@@ -712,14 +712,6 @@ def test_SessionCache_is_bounded_dropping_oldest() -> None:
 
 def test_SESSIONS_is_process_wide() -> None:
     assert isinstance(_sessions.SESSIONS, SessionCache)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "expected"), [(60, 60.0), (0.5, 0.5), (0, None), (-1, None), (float("inf"), None)]
-)
-def test_handshake_timeout(seconds: float, expected: float | None) -> None:
-    assert handshake_timeout(ClientSecureSocket(handshake_timeout=seconds)) == expected
-    assert handshake_timeout(ListenerSecureSocket(CertKey("c", "k"), handshake_timeout=seconds)) == expected
 
 
 # --- cryptography is loaded only where it is needed --------------------------------------------
