@@ -40,10 +40,13 @@ every queued byte), and leaves the descriptor open; :meth:`Stream.finish`
 then discards what the peer still sends until its EOF or for at most
 ``LINGER_SECONDS``, and only then closes the descriptor.
 
-gevent private attributes used here (``_sock``, ``_read_event``,
-``_write_event``, ``_sslobj``) have been stable since gevent 20;
-``tests/test_stream.py`` checks them, so an upgrade that moves them fails
-loudly instead of silently slowing.
+Private attributes used here: gevent's ``socket._sock``, ``_read_event``
+and ``_write_event``, the hub's ``cancel_wait`` throwing into
+``watcher.callback.__self__``, and the standard library's
+``SSLObject._sslobj``. They have been stable since gevent 20;
+``tests/test_gevent_internals.py`` pins each of them (and the
+``StreamServer`` internals ``gtcp._listener`` uses), so an upgrade that moves
+one fails loudly, naming it, instead of silently slowing.
 """
 
 from __future__ import annotations
