@@ -46,16 +46,30 @@ STOP_JOIN_SECONDS = 10.0
 _OPTIONS = frozenset({"backlog", "max_connections", "idle_timeout", "write_timeout", "reuse_port", "framing",
                       "keepalive", "user_timeout", "proxy_protocol", "trusted_proxies"})
 
-# Accept errors, after trio's review (trio/_highlevel_socket.py). Running out
-# of descriptors or kernel memory is a state the server can recover from once
-# some connections close: back off, log once per burst, resume. Errors that
-# concern one half-open connection that died before accept() returned it
-# are skipped silently; anything else is logged and also backed off, so a
-# persistent failure can never spin the accept loop.
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_ONE_CONNECTION = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
-                             errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
-                             errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
+
+def _errnos(*names: str) -> frozenset[int]:
+    """The errno values of *names* that this platform defines (as trio builds its list)."""
+    return frozenset(getattr(errno, name) for name in names if hasattr(errno, name))
+
+
+# Accept errors: the two lists are trio's. _ONE_CONNECTION is its
+# _ignorable_accept_errno_names (src/trio/_highlevel_socket.py): errors that
+# concern one connection that died before accept() returned it (reset,
+# refused by a firewall, ...), skipped silently. _OUT_OF_RESOURCES is its
+# ACCEPT_CAPACITY_ERRNOS (src/trio/_highlevel_serve_listeners.py): out of
+# descriptors or kernel memory, a state the server recovers from once some
+# connections close; trio logs each one and sleeps 0.1 s, gtcp logs once per
+# burst and backs off (MIN_BACKOFF doubling to MAX_BACKOFF), then resumes.
+# Where the two differ: any other error ends trio's serve loop (it is raised
+# to the caller), but gtcp accepts in the hub, where there is nobody to raise
+# to, so such an error is logged as unexpected and backed off the same way: a
+# persistent failure can never spin the accept loop. (trio's third list,
+# EBADF/ENOTSOCK for a listener closed under accept(), has no counterpart: a
+# stop stops the accept watcher before it closes the socket.)
+_OUT_OF_RESOURCES = _errnos("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS")
+_ONE_CONNECTION = _errnos("EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+                          "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
+                          "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET")
 
 
 class _Server(StreamServer):
@@ -78,8 +92,12 @@ class _Server(StreamServer):
                 return None
             if not self._burst:
                 self._burst = True
-                log.error("Listener on port %s cannot accept: %s; backing off",
-                          self.server_port, reason(exc))
+                if exc.errno in _OUT_OF_RESOURCES:
+                    log.error("Listener on port %s cannot accept: %s; backing off",
+                              self.server_port, reason(exc))
+                else:
+                    log.error("Listener on port %s cannot accept (unexpected error %s): %s; backing off",
+                              self.server_port, errno.errorcode.get(exc.errno or 0, exc.errno), reason(exc))
             self._back_off()
             return None
         if result is not None and self._burst:
