@@ -1,6 +1,6 @@
 """gtcp echo listener: ``on_bytes(self, data): return data``.
 
-The server under test, written against the public API (API.md): a
+The server under test, written against the public API (the README's): a
 ``gtcp.Listener`` on 127.0.0.1, TLS through ``gtcp.ListenerSecureSocket``.
 
 usage: python benchmarks/echo_server.py PORT [--tls CERT KEY]

@@ -2,8 +2,9 @@
 
 Every record is checked when it is built, so a bad configuration raises
 :class:`~gtcp.ConfigError` before any file is opened or any socket is bound.
-Blank required fields raise Ballerina's exact messages (API.md section 6); any
-other bad field raises a message that names the field.
+Blank required fields raise Ballerina's exact messages (``Certificate file
+location must be provided for secure connection`` and the like); any other bad
+field raises a message that names the field.
 
 Wherever a record is accepted, a ``dict`` with the same keys is accepted too
 (nested dicts included). The constructors normalise what they are given, so a
@@ -15,8 +16,8 @@ that to cache TLS contexts and sessions per record.
 The records are dataclasses with ``init=False`` and a hand-written
 ``__init__``: the parameters accept the wide input types (dicts, lists,
 ``Decimal``, path-like objects) while the fields are typed with the narrow,
-normalised types that the rest of gtcp reads. Fields may be given positionally
-in the order API.md shows, or by keyword.
+normalised types that the rest of gtcp reads. Fields may be given positionally,
+in the order of the README's table of fields (Ballerina's), or by keyword.
 
 Which TLS versions and cipher suites exist is a question for the local OpenSSL,
 so ``ProtocolConfig`` and the secure-socket records ask
@@ -55,13 +56,13 @@ __all__ = [
     "listener_secure_socket",
 ]
 
-#: Seconds a TLS handshake may take (API.md's default). Long enough for a slow
-#: mobile link and a cold client, short enough that a peer which connects and
-#: then says nothing does not hold a connection slot for long.
+#: Seconds a TLS handshake may take by default, on both sides. Long enough for
+#: a slow mobile link and a cold client, short enough that a peer which connects
+#: and then says nothing does not hold a connection slot for long.
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
 
 #: Seconds a client keeps a TLS session for resumption when ``session_timeout``
-#: is None. API.md fixes it at 300 s, the lifetime OpenSSL's manual documents;
+#: is None: 300 s, the lifetime OpenSSL's manual documents;
 #: note that OpenSSL 3.0 servers actually issue sessions valid for 7200 s, so on
 #: a gtcp client the shorter of the two applies.
 DEFAULT_SESSION_TIMEOUT = 300.0

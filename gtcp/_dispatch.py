@@ -136,7 +136,11 @@ def _warn_no_connection_service(service: object) -> None:
 
 
 def _send_failure(exc: Error) -> Error:
-    """The error on_error gets when a reply could not be sent (API section 4)."""
+    """The error on_error gets when a reply could not be sent.
+
+    A ``WriteError("Failed to send data.")`` caused by the write's own error
+    (README, Errors); other errors (a ``WriteTimeoutError``) as they are.
+    """
     if isinstance(exc, WriteError):
         failure = WriteError(SEND_FAILED_MESSAGE)
         failure.__cause__ = exc

@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 
-#: Largest chunk one read returns (API: "up to 64 KiB").
+#: Largest chunk one read returns: ``read_bytes()`` and ``on_bytes`` get up to 64 KiB.
 READ_SIZE = 65536
 
 #: A chunk at least this big suggests a peer streaming a large message: more

@@ -1,4 +1,4 @@
-"""Client behaviour: Ballerina's client tests, translated, and API.md section 5."""
+"""Client behaviour: Ballerina's client tests, translated, and the README's Client section."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The per-connection rules of API.md section 4, one test (or more) per rule."""
+"""The per-connection rules (README: Services, Errors, Decisions), one test (or more) per rule."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Framing (API section 8): codecs, the listener's per-frame delivery, the client's reads."""
+"""Framing (README, Messages: framing): codecs, the listener's per-frame delivery, the client's reads."""
 
 from __future__ import annotations
 

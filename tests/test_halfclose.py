@@ -1,4 +1,4 @@
-"""Half-close (API section 9): send_eof() on both sides, on_eof, plain and TLS, real peers."""
+"""Half-close (README, Half-close): send_eof() on both sides, on_eof, plain and TLS, real peers."""
 
 from __future__ import annotations
 

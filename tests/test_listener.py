@@ -1,5 +1,5 @@
 """Listener behaviour: Ballerina's own listener tests, translated, and the
-lifecycle rules of API.md section 3."""
+lifecycle rules of the README (Listener, Listener options, Decisions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API.md section 7 for plain TCP: close without reset, no hub tracebacks,
+"""Reliability on plain TCP (README, Decisions): close without reset, no hub tracebacks,
 descriptor exhaustion, no leaks, backpressure."""
 
 from __future__ import annotations

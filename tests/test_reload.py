@@ -1,4 +1,4 @@
-"""listener.reload_tls() (API section 11): new handshakes get the new certificate, open ones keep theirs."""
+"""listener.reload_tls() (README): new handshakes get the new certificate, open ones keep theirs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Socket options (API section 11): keepalive and TCP_USER_TIMEOUT on Listener and Client."""
+"""Socket options (README, Listener options): keepalive and TCP_USER_TIMEOUT on Listener and Client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""STARTTLS (API section 10): upgrading a plain connection, on both sides, with real clients."""
+"""STARTTLS (README, STARTTLS): upgrading a plain connection, on both sides, with real clients."""
 
 from __future__ import annotations
 

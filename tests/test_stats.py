@@ -1,4 +1,4 @@
-"""listener.stats() (API section 11): the counts, exact, through real connections."""
+"""listener.stats() (README, Stats): the counts, exact, through real connections."""
 
 from __future__ import annotations
 

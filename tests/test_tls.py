@@ -230,7 +230,7 @@ def test_contexts_follow_versions(material: Material, names: tuple[str, ...],
 
 
 def test_contexts_leave_out_versions_openssl_refuses(material: Material) -> None:
-    # API.md: Ballerina's ["TLSv1.2", "TLSv1.1"] is TLS 1.2 where TLS 1.1 is refused (OpenSSL 3).
+    # README, Versions: Ballerina's ["TLSv1.2", "TLSv1.1"] is TLS 1.2 where TLS 1.1 is refused (OpenSSL 3).
     expected = ssl.TLSVersion.TLSv1_1 if version_supported(ssl.TLSVersion.TLSv1_1) else TLS12
     ctx = server_context(_server(material, protocol=_versions("TLSv1.2", "TLSv1.1")))
     assert (ctx.minimum_version, ctx.maximum_version) == (expected, TLS12)

@@ -1,4 +1,4 @@
-"""Unix domain sockets (API section 11): Listener.unix and Client.unix, same services, framing, TLS."""
+"""Unix domain sockets (README): Listener.unix and Client.unix, same services, framing, TLS."""
 
 from __future__ import annotations
 
