@@ -199,9 +199,9 @@ class Stream:
         "_hub",
         "_notify_left",
         "_notify_pending",
-        "_others",
         "_out",
         "_out_size",
+        "_private_watchers",
         "_raw",
         "_rtimer",
         "_rwatch",
@@ -231,7 +231,8 @@ class Stream:
         #: Serialises slow writes; made at the first write that has to wait.
         #: Nobody mid-write when it is None or unlocked (the fast path's test).
         self.wlock: Semaphore | None = None
-        self._others: list[Any] | None = None  # private watchers (lingering close)
+        #: Watchers of the stream's own (lingering close, close_notify flush), so wake_all() ends their waits.
+        self._private_watchers: list[Any] | None = None
         #: TLS, when on: the SSLObject and its two memory BIOs (see start_tls).
         #: The C-level ``_ssl`` object of ``SSLContext.wrap_bio`` (not its Python
         #: ``SSLObject`` wrapper: one object less per connection, one frame less per call).
@@ -404,7 +405,7 @@ class Stream:
                 except BlockingIOError:
                     data = None
                 except OSError as exc:
-                    raise self._read_failed(exc) from exc
+                    raise self._read_error(exc) from exc
                 if data is not None:
                     if data:
                         self.drained = len(data) < STREAMING_CHUNK
@@ -416,7 +417,7 @@ class Stream:
                     timer = self._arm_read(timeout)
                 self._wait(self._rwatch)
         except Timeout as exc:
-            raise self._read_timed_out(exc, timer) from None
+            raise self._read_timeout_error(exc, timer) from None
         finally:
             if timer is not None:
                 timer.cancel()
@@ -457,7 +458,7 @@ class Stream:
                     decrypt = False
                     continue
                 except OSError as exc:
-                    raise self._read_failed(exc) from exc
+                    raise self._read_error(exc) from exc
                 self.drained = len(chunk) < STREAMING_CHUNK
                 self.nread += len(chunk)
                 if chunk:
@@ -466,12 +467,13 @@ class Stream:
                     tin.write_eof()  # the read then reports the EOF (SSLEOFError)
                 decrypt = True
         except Timeout as exc:
-            raise self._read_timed_out(exc, timer) from None
+            raise self._read_timeout_error(exc, timer) from None
         finally:
             if timer is not None:
                 timer.cancel()
 
-    def _read_timed_out(self, exc: Timeout, timer: Timeout | None) -> ReadTimeoutError:
+    def _read_timeout_error(self, exc: Timeout, timer: Timeout | None) -> ReadTimeoutError:
+        """The error for a read whose deadline *timer* fired; a Timeout not ours (*exc*) is re-raised."""
         if exc is not timer:
             raise exc
         # A gevent Timeout that fired cannot be started again (its timer
@@ -479,8 +481,8 @@ class Stream:
         self._rtimer = None
         return ReadTimeoutError()
 
-    def _read_failed(self, exc: BaseException) -> Error:
-        """The gtcp error for a read that failed: the one read-side translation."""
+    def _read_error(self, exc: BaseException) -> Error:
+        """The gtcp error for a read that failed (a reset marks the EOF): the one read-side translation."""
         if self.closed or isinstance(exc, ValueError) or self._raw.fileno() < 0:
             return ClosedError()  # we closed it (or its descriptor) under the read
         self.eof = True
@@ -585,7 +587,7 @@ class Stream:
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                raise self._write_failed(exc) from exc
+                raise self._write_error(exc) from exc
             self.nwritten += sent
             if sent == len(data):
                 return
@@ -609,7 +611,7 @@ class Stream:
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                raise self._write_failed(exc) from exc
+                raise self._write_error(exc) from exc
             self.nwritten += sent
             if sent == len(data):
                 return None
@@ -659,7 +661,7 @@ class Stream:
                     except BlockingIOError:
                         sent = -1
                     except OSError as exc:
-                        raise self._write_failed(exc) from exc
+                        raise self._write_error(exc) from exc
                     if sent >= 0:
                         self.nwritten += sent
                         view = view[sent:]
@@ -704,8 +706,8 @@ class Stream:
             self.wlock = Semaphore(1)
         return self.wlock
 
-    def _write_failed(self, exc: OSError) -> Error:
-        """The gtcp error for a write that failed: the one write-side translation."""
+    def _write_error(self, exc: OSError) -> Error:
+        """The gtcp error for a write that failed, closing the stream: the one write-side translation."""
         if self.closed:
             return ClosedError()
         self.close()
@@ -983,7 +985,7 @@ class Stream:
         """Wake every greenlet waiting on this stream, a lingering close included."""
         self.interrupt(self._wwatch)
         self.interrupt()
-        for watcher in self._others or ():
+        for watcher in self._private_watchers or ():
             self.interrupt(watcher)
 
     def interrupt(self, watcher: Any = None) -> None:
@@ -1005,16 +1007,16 @@ class Stream:
     def _private_watcher(self, events: int) -> Any:
         """A watcher of its own, registered so that wake_all() can end its wait."""
         watcher = self._hub.loop.io(self._raw.fileno(), events)
-        others = self._others
-        if others is None:
-            others = self._others = []
-        others.append(watcher)
+        watchers = self._private_watchers
+        if watchers is None:
+            watchers = self._private_watchers = []
+        watchers.append(watcher)
         return watcher
 
     def _drop_watcher(self, watcher: Any) -> None:
-        others = self._others
-        if others is not None and watcher in others:
-            others.remove(watcher)
+        watchers = self._private_watchers
+        if watchers is not None and watcher in watchers:
+            watchers.remove(watcher)
         watcher.close()
 
     def _flush_close_notify(self, bound: float) -> None:
