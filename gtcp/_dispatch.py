@@ -22,7 +22,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gevent import Timeout, get_hub, getcurrent
@@ -46,7 +46,7 @@ from ._service import Callbacks, resolve
 from ._sockopts import apply as apply_sockopts
 from ._timeouts import seconds
 
-__all__ = ["Connection", "Counters", "ServeConfig"]
+__all__ = ["Connection", "ConnectionSettings", "Counters", "ListenerRun"]
 
 log = logging.getLogger("gtcp")
 
@@ -159,23 +159,42 @@ class Counters:
         self.idle_timeouts = self.frames_too_long = self.bytes_in = self.bytes_out = 0
 
 
-@dataclass
-class ServeConfig:
-    """What every connection of one listener run shares."""
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How every connection of a listener run is served; fixed when the run starts."""
 
     service: Any
-    ssl_context: Any
-    handshake_timeout: float | None
     write_timeout: float | None
     idle_timeout: float | None
     framing: Any = None
     sockopts: tuple[tuple[int, int, int], ...] = ()
-    counters: Counters = field(default_factory=Counters)
     #: PROXY protocol: None, "v1", "v2" or "any"; and the networks allowed to connect (None: any).
     proxy_protocol: str | None = None
     trusted_proxies: tuple[Any, ...] | None = None
-    connections: set[Connection] = field(default_factory=set)
-    idle_event: Event = field(default_factory=Event)
+
+
+class ListenerRun:
+    """One run of a listener, from ``start()`` to its stop: what its connections share.
+
+    ``settings`` never change. ``ssl_context`` and ``handshake_timeout`` are
+    what the handshakes of new connections use (``None``: plain TCP);
+    ``Listener.reload_tls()`` replaces both at once (no switch in between).
+    ``connections`` are the run's open connections (registered by the accept
+    loop) and ``idle_event`` is set while there are none. ``counters`` are the
+    listener's, shared by all its runs.
+    """
+
+    __slots__ = ("connections", "counters", "handshake_timeout", "idle_event", "settings", "ssl_context")
+
+    def __init__(self, settings: ConnectionSettings, ssl_context: Any, handshake_timeout: float | None,
+                 counters: Counters) -> None:
+        self.settings = settings
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
+        self.counters = counters
+        self.connections: set[Connection] = set()
+        self.idle_event = Event()
+        self.idle_event.set()
 
 
 class Connection:
@@ -186,16 +205,17 @@ class Connection:
         "_idle_timer",
         "_last_read",
         "aborted",
-        "cfg",
         "greenlet",
         "gsock",
         "idle_expired",
+        "listener_run",
         "proxy",
         "stream",
     )
 
-    def __init__(self, cfg: ServeConfig, gsock: Any, address: Any) -> None:
-        self.cfg = cfg
+    def __init__(self, listener_run: ListenerRun, gsock: Any, address: Any) -> None:
+        #: The listener run this connection belongs to.
+        self.listener_run = listener_run
         self.gsock = gsock
         self._address = address
         self.stream: Stream | None = None
@@ -263,14 +283,14 @@ class Connection:
     def register(self) -> None:
         """Count the connection as open: done in the accept loop, before its
         greenlet is spawned, so that a stop sees it even before it runs."""
-        cfg = self.cfg
-        cfg.connections.add(self)
-        cfg.idle_event.clear()
-        cfg.counters.accepted += 1
+        run = self.listener_run
+        run.connections.add(self)
+        run.idle_event.clear()
+        run.counters.accepted += 1
 
     def run(self) -> None:
         """Serve the connection to its end; never raises (the greenlet's body)."""
-        cfg = self.cfg
+        run = self.listener_run
         try:
             if not self.aborted:  # a stop that came before this greenlet ran
                 self._run()
@@ -279,7 +299,7 @@ class Connection:
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.close()
-            counters = cfg.counters
+            counters = run.counters
             if self.stream is not None:
                 self.stream.finish(None)
                 counters.bytes_in += self.stream.nread
@@ -287,9 +307,9 @@ class Connection:
             else:
                 self.gsock.close()
             counters.closed += 1
-            cfg.connections.discard(self)
-            if not cfg.connections:
-                cfg.idle_event.set()
+            run.connections.discard(self)
+            if not run.connections:
+                run.idle_event.set()
 
     def _run(self) -> None:
         gsock = self.gsock
@@ -297,18 +317,19 @@ class Connection:
             gsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        cfg = self.cfg
-        if cfg.sockopts:
-            apply_sockopts(gsock, cfg.sockopts)
-        stream = self.stream = Stream(gsock, cfg.write_timeout, cfg.framing)
+        run = self.listener_run
+        settings = run.settings
+        if settings.sockopts:
+            apply_sockopts(gsock, settings.sockopts)
+        stream = self.stream = Stream(gsock, settings.write_timeout, settings.framing)
         header_bytes = -1
-        if cfg.proxy_protocol is not None:
+        if settings.proxy_protocol is not None:
             if not self._read_proxy_header(stream):
                 return
             header_bytes = stream.nread - stream.buffered
-        if cfg.ssl_context is not None:
+        if run.ssl_context is not None:
             try:
-                stream.start_tls(cfg.ssl_context, server_side=True, timeout=cfg.handshake_timeout)
+                stream.start_tls(run.ssl_context, server_side=True, timeout=run.handshake_timeout)
             except Error as exc:  # TLSError, or ClosedError from a stop
                 if self.aborted:
                     return
@@ -317,7 +338,7 @@ class Connection:
                     log.debug("connection from %s closed after its PROXY protocol header: %s", self.peer, exc)
                     return
                 log.warning("TLS handshake with %s failed: %s", self.peer, exc)
-                cfg.counters.handshake_failures += 1
+                run.counters.handshake_failures += 1
                 return
         if self.aborted:
             return
@@ -347,15 +368,16 @@ class Connection:
         is logged at DEBUG. Bytes after the header stay buffered: the
         client's first bytes, or its TLS ClientHello.
         """
-        cfg = self.cfg
+        run = self.listener_run
+        settings = run.settings
         address = self._address
-        if cfg.trusted_proxies is not None:
+        if settings.trusted_proxies is not None:
             host = host_text(address) if isinstance(address, tuple) else ""
-            if not is_trusted(host, cfg.trusted_proxies):
+            if not is_trusted(host, settings.trusted_proxies):
                 log.warning("connection from %s closed: not a trusted proxy (trusted_proxies)", self.peer)
                 return False
-        mode = cfg.proxy_protocol or "any"
-        timeout = (cfg.handshake_timeout if cfg.ssl_context is not None else None) or PROXY_HEADER_TIMEOUT
+        mode = settings.proxy_protocol or "any"
+        timeout = (run.handshake_timeout if run.ssl_context is not None else None) or PROXY_HEADER_TIMEOUT
         try:
             info: ProxyInfo = stream.read_decoded(lambda buffer, start: decode(buffer, start, mode), timeout)
         except BadHeader as exc:
@@ -390,7 +412,7 @@ class Connection:
 
     def _connect(self, caller: Caller) -> Callbacks | None:
         """Run on_connect; the callbacks to serve with, or None to close."""
-        service = self.cfg.service
+        service = self.listener_run.settings.service
         try:
             result = service.on_connect(caller)
         except _HANDLER_FAILURES:
@@ -411,16 +433,17 @@ class Connection:
             return None
 
     def _serve(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> None:
-        if self.cfg.idle_timeout is not None:
-            self._start_idle_timer(self.cfg.idle_timeout)
+        idle = self.listener_run.settings.idle_timeout
+        if idle is not None:
+            self._start_idle_timer(idle)
         error: Error | None = None
         try:
-            error = self._read_loop(stream, caller, callbacks)
+            error = self._deliver_until_end(stream, caller, callbacks)
         finally:
             # Also when the greenlet is killed: on_close runs exactly once.
             stream.close()
             if isinstance(error, FrameTooLongError):
-                self.cfg.counters.frames_too_long += 1
+                self.listener_run.counters.frames_too_long += 1
             if error is not None and callbacks.on_error is not None:
                 self._call("on_error", callbacks.on_error, caller, error)
             if callbacks.on_close is not None:
@@ -433,7 +456,7 @@ class Connection:
         except _HANDLER_FAILURES:
             log.exception("%s of connection %s raised", name, caller.id)
 
-    def _read_loop(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Error | None:
+    def _deliver_until_end(self, stream: Stream, caller: Caller, callbacks: Callbacks) -> Error | None:
         """Deliver chunks or frames until the connection ends; the error for on_error, if any.
 
         The one delivery path, plain and TLS alike. Each pass either delivers
@@ -491,7 +514,7 @@ class Connection:
                 if self._idle_false_alarm(stream):
                     continue
                 if self.idle_expired:
-                    self.cfg.counters.idle_timeouts += 1
+                    self.listener_run.counters.idle_timeouts += 1
                     return ReadTimeoutError()
                 return None
             except PeerClosedError as exc:
@@ -607,7 +630,7 @@ class Connection:
         The timer's wake-up is delivered on the next loop pass; if a chunk was
         read in between, the connection was not idle after all.
         """
-        idle = self.cfg.idle_timeout
+        idle = self.listener_run.settings.idle_timeout
         if not self.idle_expired or stream.closed or idle is None:
             return False
         remaining = self._last_read + idle - get_hub().loop.now()
@@ -620,7 +643,7 @@ class Connection:
     def _on_idle_timer(self) -> None:
         """Runs in the hub: expire the connection, or re-arm for the rest."""
         stream = self.stream
-        idle = self.cfg.idle_timeout
+        idle = self.listener_run.settings.idle_timeout
         if stream is None or stream.closed or idle is None:
             return
         remaining = self._last_read + idle - get_hub().loop.now()

@@ -18,7 +18,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from ._dispatch import Connection, Counters, ServeConfig
+from ._dispatch import Connection, ConnectionSettings, Counters, ListenerRun
 from ._errors import ConfigError, Error, ListenerError
 from ._framing import check_codec
 from ._io import reason
@@ -106,8 +106,8 @@ class _Server(StreamServer):
             log.warning("Listener on port %s accepts again", self.server_port)
         return result
 
-    #: What the connections of this run share (set by Listener.start()).
-    serving: ServeConfig
+    #: The listener run whose connections this server accepts (set by Listener.start()).
+    listener_run: ListenerRun
 
     def do_handle(self, *args: Any) -> None:
         # The connection is registered here, in the accept loop, so that a
@@ -116,7 +116,7 @@ class _Server(StreamServer):
         # wrapper: the connection closes its own socket, and one interpreter
         # frame less sits on every idle greenlet's saved stack.
         gsock, address = args
-        conn = Connection(self.serving, gsock, address)
+        conn = Connection(self.listener_run, gsock, address)
         conn.register()
         server: Any = self
         try:
@@ -210,9 +210,9 @@ class Listener:
             raise ConfigError("reuse_port is not supported on this platform")
         self._service: Any = None
         self._server: _Server | None = None
-        self._serving: ServeConfig | None = None
-        #: This run and earlier runs that may still have connections open.
-        self._runs: list[ServeConfig] = []
+        #: The current run (None when stopped), and it with earlier runs that may still have connections open.
+        self._run: ListenerRun | None = None
+        self._runs: list[ListenerRun] = []
         self._port = local_port
         self._started_once = False
         self._stopped = Event()
@@ -319,20 +319,19 @@ class Listener:
             context = server_context(self._secure_socket)
             handshake_timeout = seconds(self._secure_socket.handshake_timeout, "handshake_timeout")
         sock = self._bind()
-        serving = ServeConfig(self._service, context, handshake_timeout,
-                              self._write_timeout, self._idle_timeout, self._framing, self._sockopts,
-                              self._counters, self._proxy_protocol, self._trusted_proxies)
-        serving.idle_event.set()
+        settings = ConnectionSettings(self._service, self._write_timeout, self._idle_timeout, self._framing,
+                                      self._sockopts, self._proxy_protocol, self._trusted_proxies)
+        run = ListenerRun(settings, context, handshake_timeout, self._counters)
         spawn: Any = Pool(self._max_connections) if self._max_connections else "default"
         server = _Server(sock, _unused_handle, spawn=spawn)
-        server.serving = serving
+        server.listener_run = run
         server.start()
         name = sock.getsockname()
         self._port = name[1] if isinstance(name, tuple) else 0
         self._server = server
-        self._serving = serving
-        self._runs = [run for run in self._runs if run.connections]
-        self._runs.append(serving)
+        self._run = run
+        self._runs = [earlier for earlier in self._runs if earlier.connections]
+        self._runs.append(run)
         self._started_once = True
         self._stopped.clear()
 
@@ -415,11 +414,11 @@ class Listener:
         record = self._secure_socket if secure_socket is None else listener_secure_socket(secure_socket)
         if record is None:
             raise Error("reload_tls() needs a TLS listener (secure_socket=...)")
-        serving = self._serving
-        if serving is not None:
+        run = self._run
+        if run is not None:
             context = server_context(record)  # raises before anything changes
-            serving.ssl_context = context
-            serving.handshake_timeout = seconds(record.handshake_timeout, "handshake_timeout")
+            run.ssl_context = context
+            run.handshake_timeout = seconds(record.handshake_timeout, "handshake_timeout")
         self._secure_socket = record
 
     def serve_forever(self) -> None:
@@ -474,7 +473,7 @@ class Listener:
         if timeout is None:
             return
         if wait is not None:
-            gevent.wait([serving.idle_event for serving in self._runs], timeout=wait)
+            gevent.wait([run.idle_event for run in self._runs], timeout=wait)
         self._abort_all()
 
     def immediate_stop(self) -> None:
@@ -528,7 +527,7 @@ class Listener:
     def _close_server(self) -> None:
         server = self._server
         self._server = None
-        self._serving = None
+        self._run = None
         if server is not None:
             server.close()
         self._remove_unix_file()
@@ -548,12 +547,12 @@ class Listener:
 
     def _abort_all(self) -> None:
         current = gevent.getcurrent()
-        connections = [conn for serving in self._runs for conn in serving.connections]
+        connections = [conn for run in self._runs for conn in run.connections]
         for conn in connections:
             conn.abort()
         others = [c.greenlet for c in connections if c.greenlet not in (None, current)]
         gevent.joinall(others, timeout=STOP_JOIN_SECONDS)
-        self._runs = [serving for serving in self._runs if serving.connections]
+        self._runs = [run for run in self._runs if run.connections]
 
     def __enter__(self) -> Listener:
         self.start()

@@ -323,7 +323,7 @@ def test_Listener_pipelined_replies_are_coalesced_in_order_with_caller_writes(se
     with _client(listener, copts) as client:
         client.write_bytes(b"ready\n")
         assert client.read_line() == b"rready\n"
-        (conn,) = listener._serving.connections
+        (conn,) = listener._run.connections
         spy = conn.stream._raw = CountingSocket(conn.stream._raw)
         payload = b"".join(b"%d\n" % i for i in range(50)) + b"w\n" + b"x\n"
         client.write_bytes(payload)
@@ -508,7 +508,7 @@ def test_Listener_frames_split_at_every_byte_boundary(serve, tls):
     with _client(listener, copts) as client:
         client.write_bytes(b"\x00\x00")  # an empty frame, so that the connection is up
         assert client.read_exactly(2) == b"\x00\x00"
-        (conn,) = listener._serving.connections
+        (conn,) = listener._run.connections
         for cut in range(1, len(wire)):
             client.write_bytes(wire[:cut])
             left = _pending(wire, cut, codec)
@@ -689,7 +689,7 @@ def test_Listener_descriptor_closed_under_waiting_read_ends_silently(serve, tls)
     with _client(listener, copts) as client:
         client.write_bytes(b"x")
         assert client.read_bytes() == b"x"
-        (conn,) = listener._serving.connections
+        (conn,) = listener._run.connections
         _until(lambda: conn.stream.reading)
         conn.stream.gsock.close()  # under the waiting read, not through the stream
         assert rec.closed.wait(LONG)
@@ -727,7 +727,7 @@ def test_on_connect_returning_none_warns_once_per_service_class(serve, gtcp_log)
     for _ in range(3):
         with _client(listener, {}) as client:
             client.write_bytes(b"y" * 100_000)  # no newline: discarded raw, never a FrameTooLongError
-    _until(lambda: not listener._serving.connections)
+    _until(lambda: not listener._run.connections)
     warnings = [r for r in gtcp_log.records if "on_connect returned None" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert "Forgetful" in warnings[0].getMessage()
