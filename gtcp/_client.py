@@ -99,7 +99,8 @@ class Client:
         self.remote_port = remote_port
         self._read_lock = Semaphore(1)
         self._peer_error: PeerClosedError | None = None
-        self._secure_socket: Any = None  # set while a TLS 1.3 session waits to be saved
+        #: The record whose TLS 1.3 session is still to be saved (at the first read or at close), or None.
+        self._unsaved_session_record: Any = None
         self._context: Any = None
         self._unix = unix
         if unix:
@@ -140,7 +141,7 @@ class Client:
         if tls.version() == "TLSv1.3" and not tls.session_reused:
             # The ticket comes after the handshake: save the session after
             # the first read (or at close), once.
-            self._secure_socket = secure
+            self._unsaved_session_record = secure
         elif not tls.session_reused:
             SESSIONS.put(secure, self.remote_host, self.remote_port, tls.session, context)
 
@@ -222,7 +223,7 @@ class Client:
             except PeerClosedError as exc:
                 self._peer_error = exc
                 raise
-        if self._secure_socket is not None:
+        if self._unsaved_session_record is not None:
             self._remember_session()
         return data
 
@@ -295,7 +296,7 @@ class Client:
                 # Later reads raise the plain error: the partial bytes were handed over.
                 self._peer_error = PeerClosedError() if exc.partial else exc
                 raise
-        if self._secure_socket is not None:
+        if self._unsaved_session_record is not None:
             self._remember_session()
         return frame
 
@@ -321,14 +322,14 @@ class Client:
 
     def _remember_session(self) -> None:
         """Save a TLS 1.3 session once its ticket arrived (after a read)."""
-        secure = self._secure_socket
+        secure = self._unsaved_session_record
         tls = self._stream.tls_object
         session = tls.session if tls is not None else None
         if secure is not None and session is not None and session.has_ticket:
             from ._sessions import SESSIONS
 
             SESSIONS.put(secure, self.remote_host, self.remote_port, session, self._context)
-            self._secure_socket = None
+            self._unsaved_session_record = None
 
     def close(self) -> None:
         """Close the connection gracefully; idempotent, returns at once.
@@ -338,7 +339,7 @@ class Client:
         background so the close never turns into a reset.
         """
         stream = self._stream
-        if not stream.closed and self._secure_socket is not None:
+        if not stream.closed and self._unsaved_session_record is not None:
             stream.absorb_tls_input()  # a TLS 1.3 ticket may be waiting unread
             self._remember_session()
         if not stream.finished:  # also after a failed write closed the stream
