@@ -73,8 +73,14 @@ class Caller:
 
     @property
     def closed(self) -> bool:
-        """True once the connection was closed (by either side or a stop)."""
-        return self._stream.closed or self._stream.eof
+        """True once this side closed the connection: ``close()``, a failed write, a stop, or
+        the end of the connection (before ``on_close`` runs); every later operation raises
+        ``ClosedError``.
+
+        The peer's EOF alone does not close it: during ``on_eof`` the peer may
+        only have half-closed, and writes still go out. The same as ``Client.closed``.
+        """
+        return self._stream.closed
 
     def write_bytes(self, data: bytes | bytearray | memoryview) -> None:
         """Send the whole of *data* to the peer, raw (never framed), or raise.

@@ -354,7 +354,12 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        """True once ``close()`` ran (or a write failure closed the client)."""
+        """True once this side closed the connection: ``close()``, or a failed write or TLS
+        handshake; every later operation raises ``ClosedError``.
+
+        The server's EOF alone does not close it (reads raise ``PeerClosedError``,
+        and the server may only have half-closed). The same as ``Caller.closed``.
+        """
         return self._stream.closed
 
     @property

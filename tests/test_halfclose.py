@@ -124,6 +124,39 @@ def test_halfclose_on_eof_with_caller_and_framing(serve, layer):
     assert events.get(timeout=LONG) == "close"
 
 
+def test_halfclose_closed_means_this_side_closed_on_both_sides(serve):
+    # caller.closed and client.closed mean the same: not the peer's EOF, only this side's close.
+    seen: Queue = Queue()
+
+    class Watch(gtcp.ConnectionService):
+        def __init__(self, caller):
+            self.caller = caller
+
+        def on_bytes(self, data):
+            return None
+
+        def on_eof(self):
+            seen.put(("on_eof", self.caller.closed))
+            return b"still open\n"
+
+        def on_close(self):
+            seen.put(("on_close", self.caller.closed))
+
+    class Svc(gtcp.Service):
+        def on_connect(self, caller):
+            return Watch(caller)
+
+    listener = serve(Svc())
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        client.send_eof()
+        assert client.read_line() == b"still open\n"
+        with pytest.raises(gtcp.PeerClosedError):
+            client.read_bytes()
+        assert not client.closed  # the server's EOF does not close the client
+    assert client.closed
+    assert [seen.get(timeout=LONG) for _ in range(2)] == [("on_eof", False), ("on_close", True)]
+
+
 def test_halfclose_on_eof_not_run_after_eof_mid_frame(serve):
     events: Queue = Queue()
     listener = serve(Make(lambda: Counter(events)), framing=gtcp.Lines())
