@@ -47,6 +47,19 @@ def pair() -> Any:
     right.close()
 
 
+def wait_readable(gsock: Any) -> BaseException | None:
+    """Wait on ``gsock._read_event`` as ``Stream._wait`` does; None when resumed, else what was thrown in."""
+    watcher = gsock._read_event
+    watcher.start(getcurrent().switch)
+    try:
+        switch_to(get_hub())
+    except BaseException as exc:  # the tests look at what it was
+        return exc
+    finally:
+        watcher.stop()
+    return None
+
+
 # --- the gevent socket under a Stream (gtcp._io.Stream._bind) ---------------------------------
 
 
@@ -83,44 +96,26 @@ def test_a_greenlet_switch_as_watcher_callback_is_resumed_when_readable(pair: An
     gsock, peer = pair
     hub = get_hub()
     assert isinstance(hub, greenlet.greenlet), "gevent changed: the hub is no greenlet (gtcp._io.switch_to)"
-    watcher = gsock._read_event
     gevent.spawn_later(0.01, peer.sendall, b"x")
-    timer = Timeout.start_new(LONG)
-    watcher.start(getcurrent().switch)
-    try:
-        switch_to(hub)
-    finally:
-        watcher.stop()
-        timer.cancel()
-    assert watcher.callback is None, "gevent changed: a stopped watcher keeps its callback"
+    with Timeout(LONG):
+        assert wait_readable(gsock) is None
+    assert gsock._read_event.callback is None, "gevent changed: a stopped watcher keeps its callback"
     assert gsock._sock.recv(1) == b"x"
 
 
 def test_cancel_wait_throws_into_the_greenlet_whose_switch_is_the_callback(pair: Any) -> None:
     # Stream.interrupt and Stream.wake_all: hub.cancel_wait(watcher, Interrupted()).
     gsock, _ = pair
-    hub = get_hub()
-    cancel_wait = pinned(hub, "cancel_wait", "gtcp._io.Stream.interrupt")
+    cancel_wait = pinned(get_hub(), "cancel_wait", "gtcp._io.Stream.interrupt")
 
     class Woken(BaseException):
         pass
 
-    def wait() -> str:
-        watcher = gsock._read_event
-        watcher.start(getcurrent().switch)
-        try:
-            switch_to(hub)
-        except Woken:
-            return "woken"
-        finally:
-            watcher.stop()
-        return "resumed without the exception"
-
-    waiter = gevent.spawn(wait)
+    waiter = gevent.spawn(wait_readable, gsock)
     gevent.sleep(0)  # let it wait
     assert gsock._read_event.callback is not None
     cancel_wait(gsock._read_event, Woken())
-    assert waiter.get(timeout=LONG) == "woken", (
+    assert isinstance(waiter.get(timeout=LONG), Woken), (
         "gevent changed: hub.cancel_wait no longer throws into callback.__self__ (gtcp._io.Stream.interrupt)"
     )
 
@@ -129,20 +124,7 @@ def test_closing_the_gevent_socket_wakes_its_waiters_with_OSError_and_closes__so
     # Stream._wait turns that OSError into ClosedError; Stream.finished reads _sock.fileno() < 0.
     gsock, _ = pair
     raw = gsock._sock
-    hub = get_hub()
-
-    def wait() -> object:
-        watcher = gsock._read_event
-        watcher.start(getcurrent().switch)
-        try:
-            switch_to(hub)
-        except OSError as exc:
-            return exc
-        finally:
-            watcher.stop()
-        return None
-
-    waiter = gevent.spawn(wait)
+    waiter = gevent.spawn(wait_readable, gsock)
     gevent.sleep(0)
     gsock.close()
     woken = waiter.get(timeout=LONG)
