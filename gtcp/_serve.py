@@ -721,7 +721,8 @@ class _Supervisor:
             return
         error = f": {worker.error}" if worker.error is not None else ""
         if worker.ready_at is None or not slot.generation.committed:
-            self._startup_failed(slot, f"worker exited at start-up ({status}){error}")
+            detail = f"exited at start-up ({status}){error}"
+            self._startup_failed(slot, f"worker {detail}", f"worker {worker.pid} {detail}")
             return
         if time.monotonic() - worker.ready_at >= HEALTHY_SECONDS:
             slot.backoff = BACKOFF_MIN
@@ -729,7 +730,7 @@ class _Supervisor:
                     worker.pid, status, error, slot.backoff)
         self._schedule_restart(slot)
 
-    def _startup_failed(self, slot: _Slot, failure: str) -> None:
+    def _startup_failed(self, slot: _Slot, failure: str, logged: str | None = None) -> None:
         generation = slot.generation
         if not generation.committed:
             # The first start or a reload: whoever waits for the generation decides.
@@ -741,7 +742,7 @@ class _Supervisor:
         if slot.failures >= STARTUP_FAILURES:
             self._fail(f"{failure}; {slot.failures} times in a row; stopping")
             return
-        log.warning("%s; restarting it in %g s", failure, slot.backoff)
+        log.warning("%s; restarting it in %g s", logged or failure, slot.backoff)
         self._schedule_restart(slot)
 
     def _schedule_restart(self, slot: _Slot) -> None:

@@ -110,6 +110,13 @@ def exit_at_start() -> Echo:
     os._exit(3)
 
 
+def breaks_later() -> Echo:
+    """Serves until the file ``broken`` exists in $SERVE_TARGETS_DIR; from then on every start fails."""
+    if os.path.exists(os.path.join(os.environ["SERVE_TARGETS_DIR"], "broken")):
+        raise RuntimeError("broken since")
+    return Echo()
+
+
 def crash_in_one_worker() -> Echo:
     """The first worker to call this crashes; the others serve (and record ``serving PID``)."""
     folder = os.environ["SERVE_TARGETS_DIR"]

@@ -277,7 +277,7 @@ def test_serve_restarts_a_killed_worker(serve: Callable[..., Served]) -> None:
     ("serve_targets:NotAService", "the class NotAService, which is not a gtcp.Service subclass"),
     ("serve_targets:returns_a_number", "worker exited at start-up (exit status 1): "
                                        "serve_targets:returns_a_number() returned 42"),
-])
+], ids=lambda value: value if ":" in value or value == "serve_targets" else "")
 def test_serve_unusable_target_is_one_error_line(
     serve: Callable[..., Served], tmp_path: Path, target: str, message: str
 ) -> None:
@@ -296,7 +296,7 @@ def test_serve_unusable_target_is_one_error_line(
     ("serve_targets:exit_at_start", "worker exited at start-up (exit status 3); stopping"),
     ("serve_targets:crash_in_one_worker", "worker exited at start-up (exit status 1): "
                                           "serve_targets:crash_in_one_worker() raised RuntimeError"),
-])
+], ids=["crash_at_start", "exit_at_start", "crash_in_one_worker"])
 def test_serve_target_crashing_at_start_up_stops_the_server(
     serve: Callable[..., Served], target: str, message: str
 ) -> None:
@@ -305,6 +305,25 @@ def test_serve_target_crashing_at_start_up_stops_the_server(
     assert (code, out) == (1, "")
     assert len(err) == 1, err
     assert err[0].startswith("gtcp: error: ") and message in err[0] and err[0].endswith("; stopping"), err
+
+
+def test_serve_a_worker_failing_at_every_restart_stops_the_server(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    server = serve("serve_targets:breaks_later", "--port", "0", "--framing", "lines").listening()
+    _, pid, _, _ = ask(server.port, "fine")
+    (tmp_path / "broken").touch()
+    os.kill(int(pid), signal.SIGKILL)
+    code, out, err = server.finish()
+    assert (code, out) == (1, "")
+    assert err[0] == (f"gtcp: WARNING: worker {pid} exited unexpectedly (killed by SIGKILL); "
+                      "restarting it in 0.1 s")
+    assert len(err) == 1 + 4 + 1, err  # that, four failed restarts, the error
+    failed = re.compile(r"gtcp: WARNING: worker \d+ exited at start-up \(exit status 1\): .* raised "
+                        r"RuntimeError: broken since .*; restarting it in [\d.]+ s")
+    assert all(failed.fullmatch(line) for line in err[1:-1]), err
+    assert err[-1].startswith("gtcp: error: worker exited at start-up (exit status 1): ")
+    assert err[-1].endswith("; 5 times in a row; stopping")
 
 
 def test_serve_port_in_use_is_one_error_line(serve: Callable[..., Served]) -> None:
@@ -335,7 +354,7 @@ def test_serve_metrics_port_in_use_is_one_error_line_and_releases_the_socket(
 @pytest.mark.parametrize(("tls", "message"), [
     (["--cert", "no.pem", "--key", "no.key"], "gtcp: error: Failed to initialize the SSL context: "),
     (["--cert", "cert.pem"], "gtcp: error: --cert and --key must be given together"),
-])
+], ids=["missing-files", "cert-without-key"])
 def test_serve_bad_tls_options_are_one_error_line(
     serve: Callable[..., Served], tls: list[str], message: str
 ) -> None:
