@@ -368,17 +368,23 @@ def _make_service(target: Any, kind: str, spec: str) -> Any:
 # -- sockets -------------------------------------------------------------------------
 
 
-def _systemd_sockets() -> list[socket.socket] | None:
-    """Sockets passed by systemd socket activation (``LISTEN_PID``/``LISTEN_FDS``), or None.
+def _take_systemd_environment() -> tuple[str, str] | None:
+    """``LISTEN_PID`` and ``LISTEN_FDS`` (systemd socket activation), removed from the environment.
 
-    The variables are removed from the environment either way, so workers
-    (and anything they start) never take them for their own.
+    They are removed whatever they say, so workers (and anything the target
+    starts) never take them for their own.
     """
     pid, count = os.environ.get("LISTEN_PID"), os.environ.get("LISTEN_FDS")
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
-    if pid is None or count is None:
+    return None if pid is None or count is None else (pid, count)
+
+
+def _systemd_sockets(listen: tuple[str, str] | None) -> list[socket.socket] | None:
+    """The sockets systemd passed (fds 3 and up) if *listen* is meant for this process, else None."""
+    if listen is None:
         return None
+    pid, count = listen
     try:
         if int(pid) != os.getpid():
             log.debug("LISTEN_PID=%s is not this process (%d): binding sockets instead", pid, os.getpid())
@@ -467,11 +473,9 @@ def _name(sock: socket.socket) -> str:
 class _Sockets:
     """The listening sockets the supervisor holds (and the Unix socket file it made)."""
 
-    def __init__(self, sockets: list[socket.socket], unix: tuple[str, tuple[int, int]] | None = None,
-                 activated: bool = False) -> None:
+    def __init__(self, sockets: list[socket.socket], unix: tuple[str, tuple[int, int]] | None = None) -> None:
         self.sockets = sockets
         self.unix = unix
-        self.activated = activated
         self.names = [_name(sock) for sock in sockets]
 
     def close(self) -> None:
@@ -489,12 +493,12 @@ class _Sockets:
                 pass
 
 
-def _open_sockets(args: argparse.Namespace) -> _Sockets:
-    activated = _systemd_sockets()
+def _open_sockets(args: argparse.Namespace, listen: tuple[str, str] | None) -> _Sockets:
+    activated = _systemd_sockets(listen)
     if activated is not None:
         if args.port is not None or args.unix is not None:
             log.info("systemd socket activation: --port and --unix are ignored")
-        return _Sockets(activated, activated=True)
+        return _Sockets(activated)
     if args.unix is not None:
         if args.port is not None:
             raise ConfigError("give --port or --unix, not both")
@@ -545,7 +549,7 @@ class _Generation:
 
     def __init__(self, number: int, size: int) -> None:
         self.number = number
-        self.slots = [_Slot(self, index) for index in range(size)]
+        self.slots = [_Slot(self) for _ in range(size)]
         #: True once every worker reported ready and the generation took over.
         self.committed = False
         #: Why it failed to start (the first start-up failure), if it did.
@@ -555,9 +559,8 @@ class _Generation:
 class _Slot:
     """One place for a worker in a generation; a crashed worker's replacement takes it."""
 
-    def __init__(self, generation: _Generation, index: int) -> None:
+    def __init__(self, generation: _Generation) -> None:
         self.generation = generation
-        self.index = index
         self.worker: _Worker | None = None
         self.backoff = BACKOFF_MIN
         self.failures = 0
@@ -572,7 +575,6 @@ class _Worker:
         self.proc = proc
         self.pid: int = proc.pid
         self.pipe = pipe
-        self.started = time.monotonic()
         self.ready_at: float | None = None
         self.stats: dict[str, int] = {}
         self.error: str | None = None
@@ -595,7 +597,9 @@ class _Supervisor:
         self.retired = dict.fromkeys(COUNTERS, 0)
         self.restarts = 0
         self.stop = Event()
-        self.changed = Event()
+        #: Set (and replaced by a new one) at every change waiters care about: a
+        #: worker ready or gone, a stop. Never cleared, so no waiter misses one.
+        self.change = Event()
         self.immediate = False
         self.fatal: str | None = None
         self.reloading = Semaphore()
@@ -653,7 +657,7 @@ class _Supervisor:
                 worker.ready_at = time.monotonic()
                 worker.slot.failures = 0
                 log.info("worker %d ready", worker.pid)
-                self.changed.set()
+                self._changed()
             elif kind == "error":
                 worker.error = str(message["message"])
         except (ValueError, KeyError, TypeError):
@@ -714,7 +718,7 @@ class _Supervisor:
         slot = worker.slot
         if slot.worker is worker:
             slot.worker = None
-        self.changed.set()
+        self._changed()
         status = _status(code)
         if self.stop.is_set() or worker.retiring:
             log.info("worker %d exited (%s)", worker.pid, status)
@@ -736,7 +740,7 @@ class _Supervisor:
             # The first start or a reload: whoever waits for the generation decides.
             if generation.failure is None:
                 generation.failure = failure
-            self.changed.set()
+            self._changed()
             return
         slot.failures += 1
         if slot.failures >= STARTUP_FAILURES:
@@ -756,11 +760,16 @@ class _Supervisor:
         self.restarts += 1
         self._spawn(slot)
 
+    def _changed(self) -> None:
+        """Wake everyone waiting for a change (see ``self.change``)."""
+        event, self.change = self.change, Event()
+        event.set()
+
     def _fail(self, message: str) -> None:
         if self.fatal is None:
             self.fatal = message
         self.stop.set()
-        self.changed.set()
+        self._changed()
 
     # -- generations --------------------------------------------------------------------
 
@@ -774,12 +783,12 @@ class _Supervisor:
     def _await(self, generation: _Generation) -> bool:
         """Wait until every worker of *generation* is ready (True), or one failed or a stop came (False)."""
         while True:
-            self.changed.clear()
+            change = self.change
             if self.stop.is_set() or generation.failure is not None:
                 return False
             if all(slot.worker is not None and slot.worker.ready_at is not None for slot in generation.slots):
                 return True
-            self.changed.wait()
+            change.wait()
 
     def _retire(self, generation: _Generation) -> None:
         """SIGTERM every worker of *generation*: they drain; none is restarted."""
@@ -822,14 +831,14 @@ class _Supervisor:
             return
         log.info("stopping: workers drain for up to %g s", self.args.graceful_timeout)
         self.stop.set()
-        self.changed.set()
+        self._changed()
 
     def on_quit_signal(self) -> None:
         """SIGQUIT (or a second SIGTERM/SIGINT): stop now."""
         log.info("stopping now: workers close their connections")
         self.immediate = True
         self.stop.set()
-        self.changed.set()
+        self._changed()
 
     def on_reload_signal(self) -> None:
         """SIGHUP: reload (ignored while starting or stopping)."""
@@ -889,6 +898,7 @@ class _Supervisor:
         deadline = time.monotonic() + self.args.graceful_timeout + KILL_MARGIN
         quit_sent = False
         while self.workers:
+            change = self.change
             immediate = self.immediate
             for worker in list(self.workers):
                 if immediate and not quit_sent and worker.ready_at is not None:
@@ -899,8 +909,7 @@ class _Supervisor:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            self.changed.clear()
-            self.changed.wait(timeout=min(left, 1.0))
+            change.wait(timeout=min(left, 1.0))
         for worker in list(self.workers):
             log.warning("worker %d did not stop in time; killing it", worker.pid)
             self._signal(worker, signal.SIGKILL)
@@ -941,6 +950,7 @@ def _bind_metrics(host: str, port: int) -> Any:
 
 
 def _supervise(args: argparse.Namespace) -> int:
+    listen = _take_systemd_environment()
     kind = target_kind(load_target(args.target), args.target)
     log.debug("target %s is a Service %s", args.target, kind)
     options = _listener_options(args)
@@ -950,7 +960,7 @@ def _supervise(args: argparse.Namespace) -> int:
         from ._tls import server_context
 
         server_context(secure_socket)  # every TLS file loaded, as Listener.start() does
-    sockets = _open_sockets(args)
+    sockets = _open_sockets(args, listen)
     try:
         metrics = None if args.metrics_port is None else _bind_metrics(args.host, args.metrics_port)
     except BaseException:
