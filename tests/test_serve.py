@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.select
 import gevent.socket
 import gevent.subprocess
 import pytest
@@ -413,7 +414,8 @@ def test_serve_ctrl_c_to_the_group_closes_what_is_left_at_the_graceful_timeout(
     assert any(line.startswith("closed ") and line.endswith(f" {remote}") for line in events(tmp_path))
 
 
-def test_serve_second_sigterm_stops_at_once(serve: Callable[..., Served], tmp_path: Path) -> None:
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGQUIT], ids=["SIGTERM", "SIGQUIT"])
+def test_serve_second_signal_stops_at_once(serve: Callable[..., Served], tmp_path: Path, second: int) -> None:
     server = serve("serve_targets:slow", "--port", "0", "--framing", "lines", "--graceful-timeout", "60",
                    "--log-level", "info").listening()
     client = Line(server.port)
@@ -421,7 +423,7 @@ def test_serve_second_sigterm_stops_at_once(serve: Callable[..., Served], tmp_pa
         assert client.ask("hold") == "held"
         server.signal(signal.SIGTERM)
         until(lambda: any("stopping: workers drain" in line for line in server.stderr), "the first stop")
-        server.signal(signal.SIGTERM)
+        server.signal(second)
         with pytest.raises(EOFError):
             client.read()
     finally:
@@ -430,6 +432,46 @@ def test_serve_second_sigterm_stops_at_once(serve: Callable[..., Served], tmp_pa
     assert code == 0
     assert any("stopping now" in line for line in err)
     assert any(line.startswith("closed ") for line in events(tmp_path))
+
+
+def test_serve_workers_stop_by_themselves_when_the_supervisor_is_killed(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    server = serve("serve_targets:slow", "--port", "0", "--workers", "2", "--framing", "lines",
+                   "--graceful-timeout", "0.5").listening()
+    client = Line(server.port)
+    try:
+        assert client.ask("hold") == "held"
+        remote = client.local()
+        server.signal(signal.SIGKILL)
+        with pytest.raises(EOFError):
+            client.read()  # the worker noticed (its next report failed), drained, closed
+    finally:
+        client.close()
+    assert server.wait() == -signal.SIGKILL
+    until(lambda: not group_alive(server.pgid), "the workers to exit")
+    assert any(line.startswith("closed ") and line.endswith(f" {remote}") for line in events(tmp_path))
+
+
+def test_serve_passes_idle_timeout_and_max_connections_to_the_workers(serve: Callable[..., Served]) -> None:
+    server = serve("serve_targets:slow", "--port", "0", "--framing", "lines", "--idle-timeout", "1",
+                   "--max-connections", "1").listening()
+    first = Line(server.port)
+    second = None
+    try:
+        assert first.ask("hold") == "held"
+        second = Line(server.port)
+        second.sock.sendall(b"waiting\n")  # queued: the one worker serves one connection at a time
+        assert gevent.select.select([second.sock], [], [], 0.3) == ([], [], [])  # not served meanwhile
+        with pytest.raises(EOFError):
+            first.read()  # closed by the idle timeout
+        assert second.read().endswith(" waiting")  # served once the first was gone
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+    server.signal(signal.SIGTERM)
+    assert server.finish()[0] == 0
 
 
 # -- reloading ----------------------------------------------------------------------------------
