@@ -204,11 +204,16 @@ def ask(port: int, text: str) -> list[str]:
 
 def pids_of(port: int, count: int, limit: int = 2000) -> set[str]:
     """Connect until replies came from *count* different pids."""
+    return connect_until(port, count, limit)[0]
+
+
+def connect_until(port: int, count: int, limit: int = 2000) -> tuple[set[str], int]:
+    """Connect until replies came from *count* different pids: the pids and how many connections it took."""
     pids: set[str] = set()
-    for n in range(limit):
+    for n in range(1, limit + 1):
         pids.add(ask(port, f"hello {n}")[1])
         if len(pids) == count:
-            return pids
+            return pids, n
     raise AssertionError(f"only {pids} answered {limit} connections")
 
 
@@ -700,15 +705,15 @@ def test_serve_metrics_sum_the_workers_and_never_go_down(serve: Callable[..., Se
           "the counts")
 
     # Kill a worker once every connection it served is in its reports.
-    victim = pids_of(server.port, 2).pop()
+    pids, made = connect_until(server.port, 2)
+    total = 11 + made
 
     def settled() -> dict[str, int] | None:
         got = scrape(server.metrics_port)
-        done = got["gtcp_closed_total"] == got["gtcp_accepted_total"] > expected["gtcp_accepted_total"]
-        return got if done else None
+        return got if got["gtcp_accepted_total"] == got["gtcp_closed_total"] == total else None
 
     values = until(settled, "the counts of those connections")
-    os.kill(int(victim), signal.SIGKILL)
+    os.kill(int(pids.pop()), signal.SIGKILL)
     counters = [name for name in values if name.endswith("_total")]
 
     def restarted() -> bool:
@@ -719,10 +724,10 @@ def test_serve_metrics_sum_the_workers_and_never_go_down(serve: Callable[..., Se
         return now["gtcp_worker_restarts_total"] == 1 and now["gtcp_workers"] == 2
 
     until(restarted, "the restarted worker")
-    before = values["gtcp_accepted_total"]
+    assert values["gtcp_accepted_total"] == values["gtcp_closed_total"] == total  # the dead worker's kept
     for n in range(5):
         ask(server.port, f"after {n}")
-    until(lambda: scrape(server.metrics_port)["gtcp_accepted_total"] == before + 5, "the new connections")
+    until(lambda: scrape(server.metrics_port)["gtcp_accepted_total"] == total + 5, "the new connections")
     server.signal(signal.SIGTERM)
     assert server.finish()[0] == 0
 
