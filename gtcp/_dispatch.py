@@ -205,6 +205,7 @@ class Connection:
         "_idle_timer",
         "_last_read",
         "aborted",
+        "caller",
         "greenlet",
         "gsock",
         "idle_expired",
@@ -227,6 +228,8 @@ class Connection:
         self._last_read = 0.0
         #: The greenlet serving this connection (joined by the stops).
         self.greenlet: Any = None
+        #: The Caller given to on_connect, from then until the connection ends (gtcp.testing's pair shows it).
+        self.caller: Caller | None = None
 
     @property
     def peer(self) -> str:
@@ -307,6 +310,7 @@ class Connection:
             else:
                 self.gsock.close()
             counters.closed += 1
+            self.caller = None  # the Caller refers to this Connection: no cycle outlives it
             run.connections.discard(self)
             if not run.connections:
                 run.idle_event.set()
@@ -347,7 +351,7 @@ class Connection:
         except OSError as exc:  # reset before this greenlet ran: a normal event
             log.debug("connection from %s ended before it was served: %s", self.peer, exc)
             return
-        caller = Caller(stream, self._address, local, self)
+        caller = self.caller = Caller(stream, self._address, local, self)
         proxy = self.proxy
         if proxy is not None:
             caller.proxy = proxy
