@@ -16,6 +16,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=["gtcp"],
+    # The pytest plugin (fixtures of gtcp.testing) is a top-level module so that pytest's start-up,
+    # in every project of the environment, does not import gtcp; see its docstring.
+    py_modules=["_gtcp_pytest_plugin"],
     package_data={"gtcp": ["py.typed"]},
     include_package_data=True,
     python_requires=">=3.10",
@@ -23,9 +26,17 @@ setup(
         "gevent>=24.2",
         "cryptography>=42",
     ],
+    extras_require={
+        # gtcp.testing's TLSKit (gtcp_tls) needs trustme; the fixtures need pytest.
+        "testing": ["pytest>=8", "trustme>=1.1"],
+    },
+    entry_points={
+        "pytest11": ["gtcp = _gtcp_pytest_plugin"],
+    },
     classifiers=[
         "Development Status :: 4 - Beta",
         "Framework :: gevent",
+        "Framework :: Pytest",
         "Intended Audience :: Developers",
         "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",
