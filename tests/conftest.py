@@ -1,65 +1,41 @@
-"""Shared test fixtures: loopback listeners on port 0 and a deadline per test.
+"""Shared test settings: timeouts by role, and gtcp's own pytest plugin.
 
 Timeouts by role (urllib3's convention): SHORT when something must time out,
-LONG when it must not. Every test runs under a gevent.Timeout of DEADLINE
-seconds (a readable failure) and pytest-timeout (the signal-method backstop,
-configured in tox.ini).
+LONG when it must not.
+
+The fixtures are the ones gtcp ships to its users (``gtcp.testing`` through
+the plugin ``_gtcp_pytest_plugin``): ``gtcp_listener``, ``gtcp_client``,
+``gtcp_peer``, ``gtcp_pair``, ``gtcp_tls`` and ``gtcp_log``. Every test runs
+under the plugin's gevent deadline (``gtcp_deadline`` in tox.ini: a readable
+failure; STRESS_DEADLINE for tests marked ``stress``) and pytest-timeout (the
+signal-method backstop, also configured in tox.ini).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+import sys
 
-import gevent
 import pytest
-
-import gtcp
 
 SHORT = 0.2
 LONG = 10.0
-DEADLINE = 45.0
-
-
-class TestDeadlineExceeded(AssertionError):
-    """The test ran past its gevent deadline."""
-
 
 #: The gevent deadline of tests marked ``stress`` (run with ``-m stress``).
 STRESS_DEADLINE = 540.0
 
-
-@pytest.fixture(autouse=True)
-def _deadline(request: pytest.FixtureRequest) -> Iterator[None]:
-    limit = STRESS_DEADLINE if request.node.get_closest_marker("stress") else DEADLINE
-    timer = gevent.Timeout.start_new(limit, TestDeadlineExceeded(f"test ran over {limit} s"))
-    try:
-        yield
-    finally:
-        timer.cancel()
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., gtcp.Listener]]:
-    """Start listeners on 127.0.0.1, port 0; stop them all after the test."""
-    listeners: list[gtcp.Listener] = []
-
-    def start(service: Any, **options: Any) -> gtcp.Listener:
-        options.setdefault("local_host", "127.0.0.1")
-        listener = gtcp.Listener(options.pop("local_port", 0), **options)
-        listener.attach(service)
-        listener.start()
-        listeners.append(listener)
-        return listener
-
-    yield start
-    for listener in listeners:
-        listener.immediate_stop()
+# The plugin comes from gtcp's pytest11 entry point once gtcp is installed
+# (requirements.txt installs this checkout with -e .). From a checkout that is
+# not installed (or installed before the entry point existed), with
+# PYTEST_DISABLE_PLUGIN_AUTOLOAD set, or with -p no:gtcp, it is not loaded by
+# then: load it here. Never both: pytest refuses one module registered under two
+# names, and pytest has imported an entry-point plugin before any conftest.
+pytest_plugins = ["pytester"]
+if "_gtcp_pytest_plugin" not in sys.modules:
+    pytest_plugins.append("_gtcp_pytest_plugin")
 
 
-@pytest.fixture
-def gtcp_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """caplog capturing the gtcp logger at DEBUG."""
-    caplog.set_level(logging.DEBUG, logger="gtcp")
-    return caplog
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give the long stress runs their own deadline."""
+    for item in items:
+        if item.get_closest_marker("stress") and not item.get_closest_marker("gtcp_deadline"):
+            item.add_marker(pytest.mark.gtcp_deadline(STRESS_DEADLINE))

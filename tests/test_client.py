@@ -29,16 +29,16 @@ def _closing_service():
     return CloseAtConnect()
 
 
-def test_Client_echo(serve):
-    listener = serve(EchoService())
+def test_Client_echo(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     client = gtcp.Client("localhost", listener.port, timeout=LONG)
     client.write_bytes(b"Hello Ballerina Echo from client")
     assert client.read_bytes() == b"Hello Ballerina Echo from client"
     client.close()
 
 
-def test_Client_invalid_local_host_fails_at_construction(serve):
-    listener = serve(EchoService())
+def test_Client_invalid_local_host_fails_at_construction(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     with pytest.raises(gtcp.ConnectError) as info:
         gtcp.Client("127.0.0.1", listener.port, local_host="invalid")
     assert str(info.value).startswith("Unable to connect with remote host: ")
@@ -46,13 +46,13 @@ def test_Client_invalid_local_host_fails_at_construction(serve):
     assert isinstance(info.value, ConnectionError)
 
 
-def test_Client_local_host_binds_local_side(serve):
-    listener = serve(EchoService())
+def test_Client_local_host_binds_local_side(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     with gtcp.Client("127.0.0.1", listener.port, local_host="127.0.0.1", timeout=LONG) as client:
         assert client.local_address[0] == "127.0.0.1"
 
 
-def test_Client_read_timeout_then_still_usable(serve):
+def test_Client_read_timeout_then_still_usable(gtcp_listener):
     class Late(gtcp.ConnectionService):
         def on_bytes(self, data):
             return data if data == b"now" else None
@@ -61,7 +61,7 @@ def test_Client_read_timeout_then_still_usable(serve):
         def on_connect(self, caller):
             return Late()
 
-    listener = serve(Svc())
+    listener = gtcp_listener(Svc())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=0.1)
     client.write_bytes(b"later")
     with pytest.raises(gtcp.ReadTimeoutError) as info:
@@ -73,8 +73,8 @@ def test_Client_read_timeout_then_still_usable(serve):
     client.close()
 
 
-def test_Client_server_closing_in_on_connect_gives_read_error_and_close_succeeds(serve):
-    listener = serve(_closing_service())
+def test_Client_server_closing_in_on_connect_gives_read_error_and_close_succeeds(gtcp_listener):
+    listener = gtcp_listener(_closing_service())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     for _ in range(3):  # this read and every later read
         with pytest.raises(gtcp.PeerClosedError) as info:
@@ -123,8 +123,8 @@ def test_Client_bad_arguments_raise_config_error():
         gtcp.Client("127.0.0.1", 80, timeout="5")
 
 
-def test_Client_timeouts_accept_decimal_and_nonpositive_disables(serve):
-    listener = serve(EchoService())
+def test_Client_timeouts_accept_decimal_and_nonpositive_disables(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     with gtcp.Client("127.0.0.1", listener.port, timeout=decimal.Decimal("0.1")) as client:
         with pytest.raises(gtcp.ReadTimeoutError):
             client.read_bytes()
@@ -136,8 +136,8 @@ def test_Client_timeouts_accept_decimal_and_nonpositive_disables(serve):
         assert reader.get(timeout=LONG) == b"late"
 
 
-def test_Client_use_after_close_raises_closed_error(serve):
-    listener = serve(EchoService())
+def test_Client_use_after_close_raises_closed_error(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.close()
     for operation in (client.read_bytes, lambda: client.write_bytes(b"x")):
@@ -147,8 +147,8 @@ def test_Client_use_after_close_raises_closed_error(serve):
     assert client.closed
 
 
-def test_Client_close_wakes_a_blocked_reader(serve):
-    listener = serve(EchoService())
+def test_Client_close_wakes_a_blocked_reader(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     reader = gevent.spawn(client.read_bytes)
     _until_reading(client)
@@ -157,8 +157,8 @@ def test_Client_close_wakes_a_blocked_reader(serve):
         reader.get(timeout=LONG)
 
 
-def test_Client_read_and_write_in_two_greenlets_both_complete(serve):
-    listener = serve(EchoService())
+def test_Client_read_and_write_in_two_greenlets_both_complete(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     payload = b"q" * (4 * 1024 * 1024)
     reader = gevent.spawn(read_exactly, client, len(payload))
@@ -168,8 +168,8 @@ def test_Client_read_and_write_in_two_greenlets_both_complete(serve):
     client.close()
 
 
-def test_Client_concurrent_writes_never_interleave(serve):
-    listener = serve(EchoService())
+def test_Client_concurrent_writes_never_interleave(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     size = 1024 * 1024
     blocks = [bytes([65 + i]) * size for i in range(4)]
@@ -182,8 +182,8 @@ def test_Client_concurrent_writes_never_interleave(serve):
     client.close()
 
 
-def test_Client_concurrent_reads_are_served_one_at_a_time(serve):
-    listener = serve(EchoService())
+def test_Client_concurrent_reads_are_served_one_at_a_time(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     readers = [gevent.spawn(client.read_bytes) for _ in range(2)]
     _until_reading(client)
@@ -237,8 +237,8 @@ def test_Client_write_after_peer_reset_raises_write_error():
     client.close()
 
 
-def test_Client_write_rejects_non_bytes(serve):
-    listener = serve(EchoService())
+def test_Client_write_rejects_non_bytes(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     with gtcp.Client("127.0.0.1", listener.port) as client:
         with pytest.raises(TypeError, match=r"bytes-like.*'str'"):
             client.write_bytes("text")  # type: ignore[arg-type]
@@ -247,14 +247,14 @@ def test_Client_write_rejects_non_bytes(serve):
         assert read_exactly(client, 4) == b"bamv"
 
 
-def test_Client_tls_is_none_on_plain_tcp(serve):
-    listener = serve(EchoService())
+def test_Client_tls_is_none_on_plain_tcp(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     with gtcp.Client("127.0.0.1", listener.port) as client:
         assert client.tls is None
         assert "gtcp.Client" in repr(client)
 
 
-def test_Client_every_read_gets_its_own_deadline_after_a_timeout(serve):
+def test_Client_every_read_gets_its_own_deadline_after_a_timeout(gtcp_listener):
     class Delayed(gtcp.ConnectionService):
         def on_bytes(self, caller, data):
             def later():
@@ -267,7 +267,7 @@ def test_Client_every_read_gets_its_own_deadline_after_a_timeout(serve):
         def on_connect(self, caller):
             return Delayed()
 
-    listener = serve(Svc())
+    listener = gtcp_listener(Svc())
     with gtcp.Client("127.0.0.1", listener.port, timeout=1.0) as client:
         client.write_bytes(b"a")
         assert client.read_bytes() == b"a"  # 0.3 s: within its 1 s deadline

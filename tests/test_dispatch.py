@@ -24,9 +24,9 @@ def _service(make):
     return Svc()
 
 
-def test_dispatch_connection_service_instance_per_connection(serve):
+def test_dispatch_connection_service_instance_per_connection(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     clients = [gtcp.Client("127.0.0.1", listener.port, timeout=LONG) for _ in range(3)]
     for client in clients:
         client.write_bytes(b"x")
@@ -37,7 +37,7 @@ def test_dispatch_connection_service_instance_per_connection(serve):
         client.close()
 
 
-def test_dispatch_on_connect_runs_before_bytes_and_nothing_is_lost(serve):
+def test_dispatch_on_connect_runs_before_bytes_and_nothing_is_lost(gtcp_listener):
     release = Event()
     got = Queue()
 
@@ -49,7 +49,7 @@ def test_dispatch_on_connect_runs_before_bytes_and_nothing_is_lost(serve):
         release.wait(LONG)
         return Collect()
 
-    listener = serve(_service(slow_connect))
+    listener = gtcp_listener(_service(slow_connect))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     for i in range(50):
         client.write_bytes(b"%03d" % i)
@@ -63,14 +63,14 @@ def test_dispatch_on_connect_runs_before_bytes_and_nothing_is_lost(serve):
     client.close()
 
 
-def test_dispatch_on_connect_none_discards_bytes_until_peer_closes(serve):
+def test_dispatch_on_connect_none_discards_bytes_until_peer_closes(gtcp_listener):
     connected = Event()
 
     def none(caller):
         connected.set()
         return None
 
-    listener = serve(_service(none))
+    listener = gtcp_listener(_service(none))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=SHORT)
     assert connected.wait(LONG)
     client.write_bytes(b"ignored")
@@ -79,8 +79,9 @@ def test_dispatch_on_connect_none_discards_bytes_until_peer_closes(serve):
     client.close()
 
 
+@pytest.mark.gtcp_expect_callback_errors("on_connect of Svc")
 @pytest.mark.parametrize("outcome", ["raise", "return_error"])
-def test_dispatch_on_connect_failure_closes_connection_without_callbacks(serve, gtcp_log, outcome):
+def test_dispatch_on_connect_failure_closes_connection_without_callbacks(gtcp_listener, gtcp_log, outcome):
     calls = []
 
     class Never(gtcp.ConnectionService):
@@ -95,7 +96,7 @@ def test_dispatch_on_connect_failure_closes_connection_without_callbacks(serve, 
             raise RuntimeError("boom in on_connect")
         return gtcp.Error("refused by on_connect")
 
-    listener = serve(_service(fail))
+    listener = gtcp_listener(_service(fail))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     with pytest.raises(gtcp.PeerClosedError, match=r"^Connection closed by the server.$"):
         client.read_bytes()
@@ -109,7 +110,7 @@ def test_dispatch_on_connect_failure_closes_connection_without_callbacks(serve, 
         assert "refused by on_connect" in records[0].getMessage()
 
 
-def test_dispatch_on_bytes_signature_is_chosen_by_parameter_count(serve):
+def test_dispatch_on_bytes_signature_is_chosen_by_parameter_count(gtcp_listener):
     seen = []
 
     class OneArg:
@@ -123,14 +124,14 @@ def test_dispatch_on_bytes_signature_is_chosen_by_parameter_count(serve):
             return data
 
     for cls in (OneArg, TwoArgs):
-        listener = serve(_service(lambda caller, cls=cls: cls()))
+        listener = gtcp_listener(_service(lambda caller, cls=cls: cls()))
         with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
             client.write_bytes(b"hi")
             assert client.read_bytes() == b"hi"
     assert seen == [("one", b"hi"), ("two", "Caller", b"hi")]
 
 
-def test_dispatch_on_bytes_data_is_immutable_bytes(serve):
+def test_dispatch_on_bytes_data_is_immutable_bytes(gtcp_listener):
     types = []
 
     class Check:
@@ -140,21 +141,22 @@ def test_dispatch_on_bytes_data_is_immutable_bytes(serve):
                 data[0] = 0
             return b"ok"
 
-    listener = serve(_service(lambda caller: Check()))
+    listener = gtcp_listener(_service(lambda caller: Check()))
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"abc")
         assert client.read_bytes() == b"ok"
     assert types == [bytes]
 
 
-def test_dispatch_on_bytes_returning_error_is_logged_and_connection_stays(serve, gtcp_log):
+@pytest.mark.gtcp_expect_callback_errors("returned an error")
+def test_dispatch_on_bytes_returning_error_is_logged_and_connection_stays(gtcp_listener, gtcp_log):
     class Picky:
         def on_bytes(self, data):
             if data == b"bad":
                 return gtcp.Error("bad input")
             return data
 
-    listener = serve(_service(lambda caller: Picky()))
+    listener = gtcp_listener(_service(lambda caller: Picky()))
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"bad")
         with gevent.Timeout(LONG):  # "bad" handled on its own before "good" is sent
@@ -169,7 +171,8 @@ def test_dispatch_on_bytes_returning_error_is_logged_and_connection_stays(serve,
         assert client.read_bytes() == b"again"
 
 
-def test_dispatch_on_bytes_raising_closes_only_that_connection(serve, gtcp_log):
+@pytest.mark.gtcp_expect_callback_errors("on_bytes of connection")
+def test_dispatch_on_bytes_raising_closes_only_that_connection(gtcp_listener, gtcp_log):
     closed = Queue()
 
     class Fragile:
@@ -181,7 +184,7 @@ def test_dispatch_on_bytes_raising_closes_only_that_connection(serve, gtcp_log):
         def on_close(self):
             closed.put(True)
 
-    listener = serve(_service(lambda caller: Fragile()))
+    listener = gtcp_listener(_service(lambda caller: Fragile()))
     healthy = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     victim = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     victim.write_bytes(b"crash")
@@ -197,12 +200,13 @@ def test_dispatch_on_bytes_raising_closes_only_that_connection(serve, gtcp_log):
     victim.close()
 
 
-def test_dispatch_ballerina_spelled_connection_service_is_logged_and_closed(serve, gtcp_log):
+@pytest.mark.gtcp_expect_callback_errors("defines 'onBytes'")
+def test_dispatch_ballerina_spelled_connection_service_is_logged_and_closed(gtcp_listener, gtcp_log):
     class Camel:
         def onBytes(self, data):
             return data
 
-    listener = serve(_service(lambda caller: Camel()))
+    listener = gtcp_listener(_service(lambda caller: Camel()))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     with pytest.raises(gtcp.PeerClosedError):
         client.read_bytes()
@@ -211,12 +215,13 @@ def test_dispatch_ballerina_spelled_connection_service_is_logged_and_closed(serv
     assert any("defines 'onBytes'" in m and "'on_bytes'" in m for m in messages)
 
 
-def test_dispatch_wrong_on_bytes_arity_is_logged_and_closed(serve, gtcp_log):
+@pytest.mark.gtcp_expect_callback_errors("on_bytes must take")
+def test_dispatch_wrong_on_bytes_arity_is_logged_and_closed(gtcp_listener, gtcp_log):
     class Wrong:
         def on_bytes(self, a, b, c):
             return None
 
-    listener = serve(_service(lambda caller: Wrong()))
+    listener = gtcp_listener(_service(lambda caller: Wrong()))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     with pytest.raises(gtcp.PeerClosedError):
         client.read_bytes()
@@ -224,7 +229,7 @@ def test_dispatch_wrong_on_bytes_arity_is_logged_and_closed(serve, gtcp_log):
     assert any("on_bytes must take 1 or 2" in r.getMessage() for r in gtcp_log.records)
 
 
-def test_dispatch_on_close_runs_exactly_once_last(serve):
+def test_dispatch_on_close_runs_exactly_once_last(gtcp_listener):
     events = []
 
     class Track:
@@ -243,7 +248,7 @@ def test_dispatch_on_close_runs_exactly_once_last(serve):
         def on_close(self):
             events.append("close")
 
-    listener = serve(_service(Track))
+    listener = gtcp_listener(_service(Track))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.write_bytes(b"x")
     with pytest.raises(gtcp.PeerClosedError):
@@ -253,7 +258,7 @@ def test_dispatch_on_close_runs_exactly_once_last(serve):
     assert events == ["bytes", "close"]
 
 
-def test_dispatch_write_back_after_close_reports_closed_error(serve):
+def test_dispatch_write_back_after_close_reports_closed_error(gtcp_listener):
     errors = Queue()
 
     class CloseThenReply:
@@ -264,7 +269,7 @@ def test_dispatch_write_back_after_close_reports_closed_error(serve):
         def on_error(self, err):
             errors.put(err)
 
-    listener = serve(_service(lambda caller: CloseThenReply()))
+    listener = gtcp_listener(_service(lambda caller: CloseThenReply()))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.write_bytes(b"x")
     err = errors.get(timeout=LONG)
@@ -272,9 +277,9 @@ def test_dispatch_write_back_after_close_reports_closed_error(serve):
     client.close()
 
 
-def test_dispatch_reset_by_peer_calls_on_error_then_on_close(serve):
+def test_dispatch_reset_by_peer_calls_on_error_then_on_close(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
     sock.sendall(b"x")
     assert sock.recv(1) == b"x"
@@ -287,9 +292,9 @@ def test_dispatch_reset_by_peer_calls_on_error_then_on_close(serve):
     assert service.events.get(timeout=LONG) == ("close", None)
 
 
-def test_dispatch_caller_close_does_not_affect_other_connections(serve):
+def test_dispatch_caller_close_does_not_affect_other_connections(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     a = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     b = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     for client in (a, b):
@@ -305,7 +310,7 @@ def test_dispatch_caller_close_does_not_affect_other_connections(serve):
     b.close()
 
 
-def test_dispatch_caller_writes_from_other_greenlets(serve):
+def test_dispatch_caller_writes_from_other_greenlets(gtcp_listener):
     class Push(gtcp.Service):
         def on_connect(self, caller):
             def tick():
@@ -316,7 +321,7 @@ def test_dispatch_caller_writes_from_other_greenlets(serve):
             gevent.spawn(tick)
             return Echo()
 
-    listener = serve(Push())
+    listener = gtcp_listener(Push())
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         got = b""
         while got.count(b";") < 5:
@@ -324,7 +329,7 @@ def test_dispatch_caller_writes_from_other_greenlets(serve):
         assert got == b"tick0;tick1;tick2;tick3;tick4;"
 
 
-def test_dispatch_callbacks_of_one_connection_never_overlap(serve):
+def test_dispatch_callbacks_of_one_connection_never_overlap(gtcp_listener):
     state = {"active": 0, "max": 0, "chunks": 0}
 
     class Slow:
@@ -336,7 +341,7 @@ def test_dispatch_callbacks_of_one_connection_never_overlap(serve):
             state["active"] -= 1
             return data
 
-    listener = serve(_service(lambda caller: Slow()))
+    listener = gtcp_listener(_service(lambda caller: Slow()))
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         for _ in range(20):
             client.write_bytes(b"x" * 100)
@@ -346,9 +351,9 @@ def test_dispatch_callbacks_of_one_connection_never_overlap(serve):
     assert state["max"] == 1 and state["chunks"] >= 1
 
 
-def test_dispatch_caller_facts(serve):
+def test_dispatch_caller_facts(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"x")
         client.read_bytes()
@@ -360,7 +365,7 @@ def test_dispatch_caller_facts(serve):
         assert "gtcp.Caller" in repr(caller)
 
 
-def test_dispatch_write_back_timeout_calls_on_error_then_closes(serve):
+def test_dispatch_write_back_timeout_calls_on_error_then_closes(gtcp_listener):
     errors = Queue()
     closed = Event()
 
@@ -374,7 +379,7 @@ def test_dispatch_write_back_timeout_calls_on_error_then_closes(serve):
         def on_close(self):
             closed.set()
 
-    listener = serve(_service(lambda caller: Flood()), write_timeout=0.3)
+    listener = gtcp_listener(_service(lambda caller: Flood()), write_timeout=0.3)
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
     sock.sendall(b"go")  # ... and never read
     err = errors.get(timeout=LONG)
@@ -383,12 +388,13 @@ def test_dispatch_write_back_timeout_calls_on_error_then_closes(serve):
     sock.close()
 
 
-def test_dispatch_on_bytes_returning_wrong_type_is_logged_and_closed(serve, gtcp_log):
+@pytest.mark.gtcp_expect_callback_errors("returned str")
+def test_dispatch_on_bytes_returning_wrong_type_is_logged_and_closed(gtcp_listener, gtcp_log):
     class Text:
         def on_bytes(self, data):
             return data.decode()
 
-    listener = serve(_service(lambda caller: Text()))
+    listener = gtcp_listener(_service(lambda caller: Text()))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.write_bytes(b"abc")
     with pytest.raises(gtcp.PeerClosedError):
@@ -397,7 +403,7 @@ def test_dispatch_on_bytes_returning_wrong_type_is_logged_and_closed(serve, gtcp
     assert any("returned str" in r.getMessage() for r in gtcp_log.records)
 
 
-def test_dispatch_time_in_callbacks_is_not_idle(serve):
+def test_dispatch_time_in_callbacks_is_not_idle(gtcp_listener):
     done = Queue()
 
     class Busy:
@@ -409,7 +415,7 @@ def test_dispatch_time_in_callbacks_is_not_idle(serve):
         def on_error(self, err):
             done.put(err)
 
-    listener = serve(_service(lambda caller: Busy()), idle_timeout=0.6)
+    listener = gtcp_listener(_service(lambda caller: Busy()), idle_timeout=0.6)
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.write_bytes(b"work")
     assert client.read_bytes() == b"work"
@@ -425,7 +431,7 @@ def test_dispatch_time_in_callbacks_is_not_idle(serve):
     client.close()
 
 
-def test_dispatch_caller_close_ends_connection_while_peer_stays_silent(serve):
+def test_dispatch_caller_close_ends_connection_while_peer_stays_silent(gtcp_listener):
     closed = Event()
 
     class CloseOnFirst:
@@ -435,7 +441,7 @@ def test_dispatch_caller_close_ends_connection_while_peer_stays_silent(serve):
         def on_close(self):
             closed.set()
 
-    listener = serve(_service(lambda caller: CloseOnFirst()))
+    listener = gtcp_listener(_service(lambda caller: CloseOnFirst()))
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
     sock.sendall(b"x")  # then stays open and silent
     assert closed.wait(LONG)
@@ -445,7 +451,8 @@ def test_dispatch_caller_close_ends_connection_while_peer_stays_silent(serve):
     sock.close()
 
 
-def test_dispatch_gevent_timeout_escaping_a_callback_is_logged_and_closes(serve, gtcp_log, capfd):
+@pytest.mark.gtcp_expect_callback_errors("on_bytes of connection")
+def test_dispatch_gevent_timeout_escaping_a_callback_is_logged_and_closes(gtcp_listener, gtcp_log, capfd):
     closed = Event()
 
     class Careless:
@@ -456,7 +463,7 @@ def test_dispatch_gevent_timeout_escaping_a_callback_is_logged_and_closes(serve,
         def on_close(self):
             closed.set()
 
-    listener = serve(_service(lambda caller: Careless()))
+    listener = gtcp_listener(_service(lambda caller: Careless()))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.write_bytes(b"x")
     with pytest.raises(gtcp.PeerClosedError):
@@ -467,9 +474,9 @@ def test_dispatch_gevent_timeout_escaping_a_callback_is_logged_and_closes(serve,
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_dispatch_reset_before_the_greenlet_runs_is_not_an_error(serve, gtcp_log):
+def test_dispatch_reset_before_the_greenlet_runs_is_not_an_error(gtcp_listener, gtcp_log):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()  # reset before the listener's greenlet got to run
@@ -479,20 +486,20 @@ def test_dispatch_reset_before_the_greenlet_runs_is_not_an_error(serve, gtcp_log
     assert not [r for r in gtcp_log.records if r.levelno >= logging.ERROR]
 
 
-def test_dispatch_other_bytes_like_results_are_written(serve):
+def test_dispatch_other_bytes_like_results_are_written(gtcp_listener):
     import array
 
     class Arr:
         def on_bytes(self, data):
             return array.array("B", data.upper())
 
-    listener = serve(_service(lambda caller: Arr()))
+    listener = gtcp_listener(_service(lambda caller: Arr()))
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"abc")
         assert client.read_bytes() == b"ABC"
 
 
-def test_dispatch_write_back_failure_reports_failed_to_send_data(serve):
+def test_dispatch_write_back_failure_reports_failed_to_send_data(gtcp_listener):
     errors = Queue()
     reset = Event()
 
@@ -504,7 +511,7 @@ def test_dispatch_write_back_failure_reports_failed_to_send_data(serve):
         def on_error(self, err):
             errors.put(err)
 
-    listener = serve(_service(lambda caller: Late()))
+    listener = gtcp_listener(_service(lambda caller: Late()))
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
     sock.sendall(b"x")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -515,7 +522,7 @@ def test_dispatch_write_back_failure_reports_failed_to_send_data(serve):
     assert str(err.__cause__).startswith("Failed to write data: ")
 
 
-def test_dispatch_close_ends_loop_while_peer_streams_big_chunks(serve):
+def test_dispatch_close_ends_loop_while_peer_streams_big_chunks(gtcp_listener):
     calls = {"after_close": 0}
     closed = Event()
 
@@ -533,7 +540,7 @@ def test_dispatch_close_ends_loop_while_peer_streams_big_chunks(serve):
         def on_close(self):
             closed.set()
 
-    listener = serve(_service(lambda caller: CloseSoon()))
+    listener = gtcp_listener(_service(lambda caller: CloseSoon()))
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
 
     def stream():
@@ -550,7 +557,7 @@ def test_dispatch_close_ends_loop_while_peer_streams_big_chunks(serve):
     assert calls["after_close"] == 0
 
 
-def test_dispatch_stop_reaches_connections_not_yet_running(serve):
+def test_dispatch_stop_reaches_connections_not_yet_running(gtcp_listener):
     served_after = []
     stopped = Event()
     listener_box = []
@@ -564,7 +571,7 @@ def test_dispatch_stop_reaches_connections_not_yet_running(serve):
             served_after.append(caller.id)
             return Echo()
 
-    listener = serve(StopFirst())
+    listener = gtcp_listener(StopFirst())
     listener_box.append(listener)
     # Several connections land in one accept batch before any greenlet runs.
     socks = [socket.create_connection(("127.0.0.1", listener.port)) for _ in range(10)]

@@ -8,7 +8,6 @@ from typing import Any
 
 import gevent
 import pytest
-import trustme
 from conftest import LONG
 from gevent.event import Event
 from gevent.queue import Queue
@@ -216,28 +215,12 @@ def _source_of(obj: Any) -> str:
 # -- TLS or not ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    root = tmp_path_factory.mktemp("framing-pki")
-    ca_path, cert_path, key_path = root / "ca.pem", root / "cert.pem", root / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    for pem in cert.cert_chain_pems[1:]:
-        pem.write_to_path(str(cert_path), append=True)
-    cert.private_key_pem.write_to_path(str(key_path))
-    return str(ca_path), str(cert_path), str(key_path)
-
-
 @pytest.fixture(params=["plain", "tls"])
-def tls(request, tls_files):
-    """(listener options, client options) for plain TCP or TLS."""
+def tls(request, gtcp_tls):
+    """(listener options, client options) for plain TCP or TLS (the plugin's TLS kit)."""
     if request.param == "plain":
         return {}, {}
-    ca, cert, key = tls_files
-    return ({"secure_socket": gtcp.ListenerSecureSocket(key=gtcp.CertKey(cert, key))},
-            {"secure_socket": gtcp.ClientSecureSocket(cert=ca)})
+    return {"secure_socket": gtcp_tls.listener}, {"secure_socket": gtcp_tls.client}
 
 
 class Recorder(gtcp.ConnectionService):
@@ -280,10 +263,10 @@ def _client(listener: gtcp.Listener, copts: dict[str, Any], **options: Any) -> g
 # -- the listener --------------------------------------------------------------------
 
 
-def test_Listener_framing_delivers_whole_frames_and_encodes_replies(serve, tls):
+def test_Listener_framing_delivers_whole_frames_and_encodes_replies(gtcp_listener, tls):
     lopts, copts = tls
     rec = Recorder(lambda caller, frame: frame.upper())
-    listener = serve(One(rec), framing=gtcp.Lines(), **lopts)
+    listener = gtcp_listener(One(rec), framing=gtcp.Lines(), **lopts)
     with _client(listener, copts) as client:
         client.write_bytes(b"one\r\ntw")
         assert client.read_line() == b"ONE\n"
@@ -311,7 +294,7 @@ class CountingSocket:
         return getattr(self._raw, name)
 
 
-def test_Listener_pipelined_replies_are_coalesced_in_order_with_caller_writes(serve, tls):
+def test_Listener_pipelined_replies_are_coalesced_in_order_with_caller_writes(gtcp_listener, tls):
     lopts, copts = tls
 
     def reply(caller, frame):
@@ -319,7 +302,7 @@ def test_Listener_pipelined_replies_are_coalesced_in_order_with_caller_writes(se
             caller.write_bytes(b"direct\n")
         return b"r" + frame
 
-    listener = serve(One(Recorder(reply)), framing=gtcp.Lines(), **lopts)
+    listener = gtcp_listener(One(Recorder(reply)), framing=gtcp.Lines(), **lopts)
     with _client(listener, copts) as client:
         client.write_bytes(b"ready\n")
         assert client.read_line() == b"rready\n"
@@ -336,9 +319,9 @@ def test_Listener_pipelined_replies_are_coalesced_in_order_with_caller_writes(se
         assert b"".join(spy.sends) == expected
 
 
-def test_Listener_reply_is_not_delayed_by_an_incomplete_frame(serve, tls):
+def test_Listener_reply_is_not_delayed_by_an_incomplete_frame(gtcp_listener, tls):
     lopts, copts = tls
-    listener = serve(One(Recorder()), framing=gtcp.Lines(), **lopts)
+    listener = gtcp_listener(One(Recorder()), framing=gtcp.Lines(), **lopts)
     with _client(listener, copts) as client:
         client.write_bytes(b"a\nb\nhalf-a-li")
         assert client.read_exactly(4) == b"a\nb\n"  # before the rest of the line exists
@@ -346,7 +329,7 @@ def test_Listener_reply_is_not_delayed_by_an_incomplete_frame(serve, tls):
         assert client.read_line() == b"half-a-line\n"
 
 
-def test_Listener_switching_framing_mid_connection_decodes_buffered_bytes(serve, tls):
+def test_Listener_switching_framing_mid_connection_decodes_buffered_bytes(gtcp_listener, tls):
     lopts, copts = tls
 
     def reply(caller, frame):
@@ -360,7 +343,7 @@ def test_Listener_switching_framing_mid_connection_decodes_buffered_bytes(serve,
         return frame
 
     rec = Recorder(reply)
-    listener = serve(One(rec), framing=gtcp.Lines(), **lopts)
+    listener = gtcp_listener(One(rec), framing=gtcp.Lines(), **lopts)
     with _client(listener, copts) as client:
         client.write_bytes(b"BIN 5\n\x00\n\x01\x02\x03after\n")  # header, binary body, a line: one write
         assert client.read_line() == b"body follows\n"
@@ -370,25 +353,25 @@ def test_Listener_switching_framing_mid_connection_decodes_buffered_bytes(serve,
     assert [rec.frames.get(timeout=LONG) for _ in range(3)] == [b"BIN 5", b"\x00\n\x01\x02\x03", b"after"]
 
 
-def test_Listener_reply_is_encoded_with_the_codec_in_effect_when_on_bytes_returns(serve):
+def test_Listener_reply_is_encoded_with_the_codec_in_effect_when_on_bytes_returns(gtcp_listener):
     def reply(caller, frame):
         caller.framing = gtcp.LengthPrefixed(header_size=1)
         return frame
 
-    listener = serve(One(Recorder(reply)), framing=gtcp.Lines())
+    listener = gtcp_listener(One(Recorder(reply)), framing=gtcp.Lines())
     with _client(listener, {}) as client:
         client.write_bytes(b"abc\n")
         assert client.read_exactly(4) == b"\x03abc"
 
 
-def test_Listener_framing_switched_to_none_delivers_buffered_bytes_raw(serve):
+def test_Listener_framing_switched_to_none_delivers_buffered_bytes_raw(gtcp_listener):
     def reply(caller, frame):
         if frame == b"RAW":
             caller.framing = None
         return None
 
     rec = Recorder(reply)
-    listener = serve(One(rec), framing=gtcp.Lines())
+    listener = gtcp_listener(One(rec), framing=gtcp.Lines())
     with _client(listener, {}) as client:
         client.write_bytes(b"RAW\nraw\nbytes")
         assert rec.frames.get(timeout=LONG) == b"RAW"
@@ -397,7 +380,7 @@ def test_Listener_framing_switched_to_none_delivers_buffered_bytes_raw(serve):
             got += rec.frames.get(timeout=LONG)
 
 
-def test_Listener_write_frame_without_framing_raises(serve):
+def test_Listener_write_frame_without_framing_raises(gtcp_listener):
     errors: Queue = Queue()
 
     def reply(caller, frame):
@@ -406,17 +389,17 @@ def test_Listener_write_frame_without_framing_raises(serve):
         except gtcp.Error as exc:
             errors.put(exc)
 
-    listener = serve(One(Recorder(reply)))
+    listener = gtcp_listener(One(Recorder(reply)))
     with _client(listener, {}) as client:
         client.write_bytes(b"go")
         err = errors.get(timeout=LONG)
     assert type(err) is gtcp.Error and "needs framing" in str(err)
 
 
-def test_Listener_frame_too_long_goes_to_on_error_after_earlier_replies(serve, tls):
+def test_Listener_frame_too_long_goes_to_on_error_after_earlier_replies(gtcp_listener, tls):
     lopts, copts = tls
     rec = Recorder()
-    listener = serve(One(rec), framing=gtcp.Lines(max_length=10), **lopts)
+    listener = gtcp_listener(One(rec), framing=gtcp.Lines(max_length=10), **lopts)
     with _client(listener, copts) as client:
         client.write_bytes(b"short\n" + b"y" * 11 + b"\n")
         assert client.read_line() == b"short\n"
@@ -427,10 +410,10 @@ def test_Listener_frame_too_long_goes_to_on_error_after_earlier_replies(serve, t
     assert str(rec.errors[0]) == "Frame too long: more than max_length (10 bytes)"
 
 
-def test_Listener_eof_mid_frame_reports_the_partial_bytes(serve, tls):
+def test_Listener_eof_mid_frame_reports_the_partial_bytes(gtcp_listener, tls):
     lopts, copts = tls
     rec = Recorder()
-    listener = serve(One(rec), framing=gtcp.LengthPrefixed(), **lopts)
+    listener = gtcp_listener(One(rec), framing=gtcp.LengthPrefixed(), **lopts)
     with _client(listener, copts) as client:
         client.write_bytes(struct.pack(">I", 10) + b"12345")
     assert rec.closed.wait(LONG)
@@ -440,19 +423,20 @@ def test_Listener_eof_mid_frame_reports_the_partial_bytes(serve, tls):
     assert str(err) == "Connection closed by the server. 9 byte(s) of an incomplete frame were left."
 
 
-def test_Listener_eof_between_frames_is_a_clean_end(serve, tls):
+def test_Listener_eof_between_frames_is_a_clean_end(gtcp_listener, tls):
     lopts, copts = tls
     rec = Recorder()
-    listener = serve(One(rec), framing=gtcp.Lines(), **lopts)
+    listener = gtcp_listener(One(rec), framing=gtcp.Lines(), **lopts)
     with _client(listener, copts) as client:
         client.write_bytes(b"a\n")
         assert client.read_line() == b"a\n"
     assert rec.closed.wait(LONG) and rec.errors == []
 
 
-def test_Listener_reply_the_codec_cannot_encode_is_logged_and_closes(serve, gtcp_log):
+@pytest.mark.gtcp_expect_callback_errors("cannot encode")
+def test_Listener_reply_the_codec_cannot_encode_is_logged_and_closes(gtcp_listener, gtcp_log):
     rec = Recorder(lambda caller, frame: b"two\nlines")
-    listener = serve(One(rec), framing=gtcp.Lines())
+    listener = gtcp_listener(One(rec), framing=gtcp.Lines())
     with _client(listener, {}) as client:
         client.write_bytes(b"x\n")
         with pytest.raises(gtcp.PeerClosedError):
@@ -461,8 +445,8 @@ def test_Listener_reply_the_codec_cannot_encode_is_logged_and_closes(serve, gtcp
     assert "cannot encode" in gtcp_log.text
 
 
-def test_Listener_custom_codec_from_the_readme(serve):
-    listener = serve(One(Recorder(lambda caller, frame: frame[::-1])), framing=Netstring())
+def test_Listener_custom_codec_from_the_readme(gtcp_listener):
+    listener = gtcp_listener(One(Recorder(lambda caller, frame: frame[::-1])), framing=Netstring())
     with _client(listener, {}, framing=Netstring()) as client:
         client.write_bytes(b"5:hello,3:a")
         client.write_bytes(b"bc,")
@@ -470,9 +454,9 @@ def test_Listener_custom_codec_from_the_readme(serve):
         assert client.read_frame() == b"cba"
 
 
-def test_Listener_codec_protocol_error_goes_to_on_error(serve):
+def test_Listener_codec_protocol_error_goes_to_on_error(gtcp_listener):
     rec = Recorder()
-    listener = serve(One(rec), framing=Netstring())
+    listener = gtcp_listener(One(rec), framing=Netstring())
     with _client(listener, {}, framing=Netstring()) as client:
         client.write_bytes(b"2:ok,3:abcX")
         assert client.read_frame() == b"ok"
@@ -483,14 +467,14 @@ def test_Listener_codec_protocol_error_goes_to_on_error(serve):
     assert type(err) is NetstringError and str(err) == "netstring must end with ','"
 
 
-def test_Listener_framing_is_per_connection_state(serve):
+def test_Listener_framing_is_per_connection_state(gtcp_listener):
     """Switching one connection's framing leaves the listener's and other connections' alone."""
     def reply(caller, frame):
         if frame == b"switch":
             caller.framing = gtcp.Delimited(b";")
         return frame
 
-    listener = serve(One(Recorder(reply)), framing=gtcp.Lines())
+    listener = gtcp_listener(One(Recorder(reply)), framing=gtcp.Lines())
     with _client(listener, {}) as first, _client(listener, {}) as second:
         first.write_bytes(b"switch\na;")
         assert first.read_exactly(9) == b"switch;a;"  # the reply to "switch" already uses ";"
@@ -498,12 +482,12 @@ def test_Listener_framing_is_per_connection_state(serve):
         assert second.read_line() == b"b;\n"
 
 
-def test_Listener_frames_split_at_every_byte_boundary(serve, tls):
+def test_Listener_frames_split_at_every_byte_boundary(gtcp_listener, tls):
     """The server sees each split (it has read the first part before the second is sent)."""
     lopts, copts = tls
     service = One(Recorder())
     codec = gtcp.LengthPrefixed(header_size=2)
-    listener = serve(service, framing=codec, **lopts)
+    listener = gtcp_listener(service, framing=codec, **lopts)
     wire = codec.encode(b"frame-one") + codec.encode(b"2")
     with _client(listener, copts) as client:
         client.write_bytes(b"\x00\x00")  # an empty frame, so that the connection is up
@@ -647,7 +631,7 @@ def test_Client_eof_at_a_frame_boundary_has_no_partial(raw_server):
         assert info.value.partial == b"" and str(info.value) == "Connection closed by the server."
 
 
-def test_Client_frames_split_at_every_byte_boundary(raw_server, tls_files):
+def test_Client_frames_split_at_every_byte_boundary(raw_server):
     codec = gtcp.Lines()
     client, conn = raw_server.client(framing=codec)
     wire = b"first line\r\nsecond\n"
@@ -682,10 +666,10 @@ def test_Client_read_exactly_validates_n(raw_server):
 # -- a descriptor closed under a waiting read: one outcome, plain and TLS ---------------
 
 
-def test_Listener_descriptor_closed_under_waiting_read_ends_silently(serve, tls):
+def test_Listener_descriptor_closed_under_waiting_read_ends_silently(gtcp_listener, tls):
     lopts, copts = tls
     rec = Recorder()
-    listener = serve(One(rec), **lopts)
+    listener = gtcp_listener(One(rec), **lopts)
     with _client(listener, copts) as client:
         client.write_bytes(b"x")
         assert client.read_bytes() == b"x"
@@ -718,12 +702,12 @@ def test_gevent_private_attributes_the_stream_relies_on():
         d.close()
 
 
-def test_on_connect_returning_none_warns_once_per_service_class(serve, gtcp_log):
+def test_on_connect_returning_none_warns_once_per_service_class(gtcp_listener, gtcp_log):
     class Forgetful(gtcp.Service):
         def on_connect(self, caller):
             pass  # forgot to return
 
-    listener = serve(Forgetful(), framing=gtcp.Lines())
+    listener = gtcp_listener(Forgetful(), framing=gtcp.Lines())
     for _ in range(3):
         with _client(listener, {}) as client:
             client.write_bytes(b"y" * 100_000)  # no newline: discarded raw, never a FrameTooLongError
@@ -823,7 +807,7 @@ def test_Listener_a_gigabyte_without_newline_keeps_memory_flat(tmp_path):
     assert after - before < 16 * 1024, (before, after, sent)
 
 
-def test_Listener_close_in_on_bytes_stops_delivery_of_buffered_frames(serve):
+def test_Listener_close_in_on_bytes_stops_delivery_of_buffered_frames(gtcp_listener):
     def reply(caller, frame):
         if frame == b"quit":
             caller.close()
@@ -831,7 +815,7 @@ def test_Listener_close_in_on_bytes_stops_delivery_of_buffered_frames(serve):
         return b"echo " + frame
 
     rec = Recorder(reply)
-    listener = serve(One(rec), framing=gtcp.Lines())
+    listener = gtcp_listener(One(rec), framing=gtcp.Lines())
     with _client(listener, {}) as client:
         client.write_bytes(b"a\nquit\nb\nc\n")  # one segment: b and c are buffered at the close
         assert client.read_line() == b"echo a\n"
@@ -862,9 +846,10 @@ class Never(gtcp.Codec):
         return bytes(frame)
 
 
-def test_Listener_codec_that_does_not_move_forward_is_closed_not_spun(serve, gtcp_log):
+@pytest.mark.gtcp_expect_callback_errors("it must move forward")
+def test_Listener_codec_that_does_not_move_forward_is_closed_not_spun(gtcp_listener, gtcp_log):
     rec = Recorder()
-    listener = serve(One(rec), framing=Stuck())
+    listener = gtcp_listener(One(rec), framing=Stuck())
     with _client(listener, {}) as client:
         client.write_bytes(b"abc")
         with pytest.raises(gtcp.PeerClosedError):
@@ -883,9 +868,9 @@ def test_Client_codec_that_does_not_move_forward_raises(raw_server):
     conn.close()
 
 
-def test_Listener_buffer_backstop_for_a_codec_that_bounds_nothing(serve):
+def test_Listener_buffer_backstop_for_a_codec_that_bounds_nothing(gtcp_listener):
     rec = Recorder()
-    listener = serve(One(rec), framing=Never())
+    listener = gtcp_listener(One(rec), framing=Never())
     flood = _client(listener, {}, write_timeout=LONG)
     try:
         chunk = b"n" * (1 << 20)
@@ -901,10 +886,10 @@ def test_Listener_buffer_backstop_for_a_codec_that_bounds_nothing(serve):
     assert str(err) == "Frame too long: more than 16777216 bytes buffered without a whole frame"
 
 
-def test_Listener_array_reply_is_sent_whole(serve):
+def test_Listener_array_reply_is_sent_whole(gtcp_listener):
     from array import array
 
-    listener = serve(One(Recorder(lambda caller, frame: array("i", range(1000)))))
+    listener = gtcp_listener(One(Recorder(lambda caller, frame: array("i", range(1000)))))
     with _client(listener, {}) as client:
         client.write_bytes(b"x")
         assert client.read_exactly(4000) == array("i", range(1000)).tobytes()

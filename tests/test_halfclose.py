@@ -9,7 +9,6 @@ from typing import Any
 import gevent
 import gevent.socket
 import pytest
-import trustme
 from conftest import LONG
 from gevent import ssl as gssl
 from gevent.event import Event
@@ -19,16 +18,9 @@ import gtcp
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> dict[str, str]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    root = tmp_path_factory.mktemp("halfclose-pki")
-    paths = {name: str(root / f"{name}.pem") for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(paths["ca"])
-    cert.private_key_pem.write_to_path(paths["key"])
-    for i, pem in enumerate(cert.cert_chain_pems):
-        pem.write_to_path(paths["cert"], append=i > 0)
-    return paths
+def pki(gtcp_tls) -> dict[str, str]:
+    """The files of the plugin's TLS kit, by the names these tests use."""
+    return {"ca": gtcp_tls.ca_file, "cert": gtcp_tls.cert_file, "key": gtcp_tls.key_file}
 
 
 VERSIONS = ["TLSv1.2", "TLSv1.3"]
@@ -76,10 +68,10 @@ class Make(gtcp.Service):
         return self.factory()
 
 
-def test_halfclose_count_until_eof_then_reply(serve, layer):
+def test_halfclose_count_until_eof_then_reply(gtcp_listener, layer):
     lopts, copts = layer
     events: Queue = Queue()
-    listener = serve(Make(lambda: Counter(events)), **lopts)
+    listener = gtcp_listener(Make(lambda: Counter(events)), **lopts)
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, **copts) as client:
         for _ in range(10):
             client.write_bytes(b"x" * 100_000)
@@ -93,7 +85,7 @@ def test_halfclose_count_until_eof_then_reply(serve, layer):
     assert [events.get(timeout=LONG) for _ in range(2)] == ["eof", "close"]
 
 
-def test_halfclose_on_eof_with_caller_and_framing(serve, layer):
+def test_halfclose_on_eof_with_caller_and_framing(gtcp_listener, layer):
     lopts, copts = layer
     events: Queue = Queue()
 
@@ -111,7 +103,7 @@ def test_halfclose_on_eof_with_caller_and_framing(serve, layer):
         def on_close(self):
             events.put("close")
 
-    listener = serve(Make(Collect), framing=gtcp.Lines(), **lopts)
+    listener = gtcp_listener(Make(Collect), framing=gtcp.Lines(), **lopts)
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, framing=gtcp.Lines(), **copts) as client:
         for word in (b"a", b"b", b"c"):
             client.write_frame(word)
@@ -124,7 +116,7 @@ def test_halfclose_on_eof_with_caller_and_framing(serve, layer):
     assert events.get(timeout=LONG) == "close"
 
 
-def test_halfclose_closed_means_this_side_closed_on_both_sides(serve):
+def test_halfclose_closed_means_this_side_closed_on_both_sides(gtcp_listener):
     # caller.closed and client.closed mean the same: not the peer's EOF, only this side's close.
     seen: Queue = Queue()
 
@@ -146,7 +138,7 @@ def test_halfclose_closed_means_this_side_closed_on_both_sides(serve):
         def on_connect(self, caller):
             return Watch(caller)
 
-    listener = serve(Svc())
+    listener = gtcp_listener(Svc())
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.send_eof()
         assert client.read_line() == b"still open\n"
@@ -157,9 +149,9 @@ def test_halfclose_closed_means_this_side_closed_on_both_sides(serve):
     assert [seen.get(timeout=LONG) for _ in range(2)] == [("on_eof", False), ("on_close", True)]
 
 
-def test_halfclose_on_eof_not_run_after_eof_mid_frame(serve):
+def test_halfclose_on_eof_not_run_after_eof_mid_frame(gtcp_listener):
     events: Queue = Queue()
-    listener = serve(Make(lambda: Counter(events)), framing=gtcp.Lines())
+    listener = gtcp_listener(Make(lambda: Counter(events)), framing=gtcp.Lines())
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"no newline")
         client.send_eof()
@@ -171,14 +163,15 @@ def test_halfclose_on_eof_not_run_after_eof_mid_frame(serve):
     assert events.empty()
 
 
-def test_halfclose_on_eof_that_raises_is_logged_and_closes(serve, gtcp_log):
+@pytest.mark.gtcp_expect_callback_errors("on_eof of connection")
+def test_halfclose_on_eof_that_raises_is_logged_and_closes(gtcp_listener, gtcp_log):
     events: Queue = Queue()
 
     class Broken(Counter):
         def on_eof(self):
             raise RuntimeError("boom in on_eof")
 
-    listener = serve(Make(lambda: Broken(events)))
+    listener = gtcp_listener(Make(lambda: Broken(events)))
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"abc")
         client.send_eof()
@@ -190,7 +183,7 @@ def test_halfclose_on_eof_that_raises_is_logged_and_closes(serve, gtcp_log):
     assert "on_eof of connection" in gtcp_log.text and "boom in on_eof" in gtcp_log.text
 
 
-def test_halfclose_without_on_eof_nothing_changes(serve):
+def test_halfclose_without_on_eof_nothing_changes(gtcp_listener):
     events: Queue = Queue()
 
     class Plain(gtcp.ConnectionService):
@@ -200,7 +193,7 @@ def test_halfclose_without_on_eof_nothing_changes(serve):
         def on_close(self):
             events.put("close")
 
-    listener = serve(Make(Plain))
+    listener = gtcp_listener(Make(Plain))
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"abc")
         client.send_eof()
@@ -210,7 +203,7 @@ def test_halfclose_without_on_eof_nothing_changes(serve):
     assert events.get(timeout=LONG) == "close"
 
 
-def test_halfclose_server_first_while_the_client_keeps_sending(serve, layer):
+def test_halfclose_server_first_while_the_client_keeps_sending(gtcp_listener, layer):
     lopts, copts = layer
     received: Queue = Queue()
 
@@ -229,7 +222,7 @@ def test_halfclose_server_first_while_the_client_keeps_sending(serve, layer):
                 caller.write_bytes(b"late")
             return Sink()
 
-    listener = serve(First(), **lopts)
+    listener = gtcp_listener(First(), **lopts)
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, **copts) as client:
         assert client.read_line() == b"bye from the server\n"
         with pytest.raises(gtcp.PeerClosedError):
@@ -242,19 +235,19 @@ def test_halfclose_server_first_while_the_client_keeps_sending(serve, layer):
     assert got == b"".join(b"%d," % i for i in range(20))
 
 
-def test_halfclose_send_eof_after_close_raises(serve):
-    listener = serve(Make(lambda: Counter(Queue())))
+def test_halfclose_send_eof_after_close_raises(gtcp_listener):
+    listener = gtcp_listener(Make(lambda: Counter(Queue())))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.close()
     with pytest.raises(gtcp.ClosedError):
         client.send_eof()
 
 
-def test_halfclose_immediate_stop_closes_half_closed_connections(serve, layer):
+def test_halfclose_immediate_stop_closes_half_closed_connections(gtcp_listener, layer):
     lopts, copts = layer
     events: Queue = Queue()
     service = Make(lambda: Counter(events))
-    listener = serve(service, **lopts)
+    listener = gtcp_listener(service, **lopts)
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG, **copts)
     caller = service.callers.get(timeout=LONG)
     caller.send_eof()  # the server half-closed; the client stays silent
@@ -272,10 +265,10 @@ class Quiet(Counter):
         self.events.put("eof")
 
 
-def test_halfclose_graceful_stop_waits_for_half_closed_connections(serve):
+def test_halfclose_graceful_stop_waits_for_half_closed_connections(gtcp_listener):
     events: Queue = Queue()
     service = Make(lambda: Quiet(events))
-    listener = serve(service)
+    listener = gtcp_listener(service)
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     service.callers.get(timeout=LONG).send_eof()
     with pytest.raises(gtcp.PeerClosedError):
@@ -288,11 +281,11 @@ def test_halfclose_graceful_stop_waits_for_half_closed_connections(serve):
     client.close()
 
 
-def test_halfclose_idle_timeout_counts_while_the_peer_is_silent(serve, layer):
+def test_halfclose_idle_timeout_counts_while_the_peer_is_silent(gtcp_listener, layer):
     lopts, copts = layer
     events: Queue = Queue()
     service = Make(lambda: Counter(events))
-    listener = serve(service, idle_timeout=0.3, **lopts)
+    listener = gtcp_listener(service, idle_timeout=0.3, **lopts)
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG, **copts)
     service.callers.get(timeout=LONG).send_eof()
     err = events.get(timeout=LONG)
@@ -350,7 +343,7 @@ def test_halfclose_client_against_python_ssl_replying_after_close_notify(pki, ve
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_halfclose_listener_against_python_ssl_client_sending_after_close_notify(serve, pki, version):
+def test_halfclose_listener_against_python_ssl_client_sending_after_close_notify(gtcp_listener, pki, version):
     received: Queue = Queue()
 
     class Sink(gtcp.ConnectionService):
@@ -367,7 +360,7 @@ def test_halfclose_listener_against_python_ssl_client_sending_after_close_notify
             return Sink()
 
     protocol = gtcp.ProtocolConfig("TLS", (version,))
-    listener = serve(First(), secure_socket=gtcp.ListenerSecureSocket(
+    listener = gtcp_listener(First(), secure_socket=gtcp.ListenerSecureSocket(
         key=gtcp.CertKey(pki["cert"], pki["key"]), protocol=protocol))
     ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(pki["ca"])
@@ -393,7 +386,7 @@ needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="need
 
 @needs_openssl
 @pytest.mark.parametrize("version", ["tls1_2", "tls1_3"])
-def test_halfclose_openssl_s_client_ends_the_connection_at_our_close_notify(serve, pki, version):
+def test_halfclose_openssl_s_client_ends_the_connection_at_our_close_notify(gtcp_listener, pki, version):
     """Measured, and pinned: s_client stops at our close_notify (TLS 1.2 and 1.3 alike).
 
     It prints what came before it, sends nothing more (its stdin is still
@@ -416,7 +409,7 @@ def test_halfclose_openssl_s_client_ends_the_connection_at_our_close_notify(serv
             return Sink()
 
     secure = gtcp.ListenerSecureSocket(key=gtcp.CertKey(pki["cert"], pki["key"]))
-    listener = serve(First(), secure_socket=secure)
+    listener = gtcp_listener(First(), secure_socket=secure)
     proc = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{listener.port}", "-CAfile", pki["ca"], f"-{version}",
          "-quiet"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -462,11 +455,11 @@ def test_halfclose_send_eof_while_the_peer_is_still_sending_loses_nothing(pki, v
             listening.close()
 
 
-def test_halfclose_send_eof_waits_for_a_write_in_progress(serve, layer):
+def test_halfclose_send_eof_waits_for_a_write_in_progress(gtcp_listener, layer):
     """send_eof() from one greenlet while another writes: the EOF follows every byte."""
     lopts, copts = layer
     events: Queue = Queue()
-    listener = serve(Make(lambda: Counter(events)), **lopts)
+    listener = gtcp_listener(Make(lambda: Counter(events)), **lopts)
     size = 8 * 1024 * 1024
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, write_timeout=LONG, **copts) as client:
         writer = gevent.spawn(client.write_bytes, b"w" * size)
@@ -484,9 +477,9 @@ def _wait_until(condition: Any) -> None:
             gevent.sleep(0.001)
 
 
-def test_halfclose_tls13_client_that_only_wrote_saves_its_session_at_close(serve, pki):
+def test_halfclose_tls13_client_that_only_wrote_saves_its_session_at_close(gtcp_listener, pki):
     protocol = gtcp.ProtocolConfig("TLS", ("TLSv1.3",))
-    listener = serve(Make(lambda: Counter(Queue())), secure_socket=gtcp.ListenerSecureSocket(
+    listener = gtcp_listener(Make(lambda: Counter(Queue())), secure_socket=gtcp.ListenerSecureSocket(
         key=gtcp.CertKey(pki["cert"], pki["key"]), protocol=protocol))
     secure = gtcp.ClientSecureSocket(cert=pki["ca"], protocol=protocol)
     first = gtcp.Client("127.0.0.1", listener.port, timeout=LONG, secure_socket=secure)

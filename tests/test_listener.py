@@ -13,14 +13,14 @@ from helpers import Echo, EchoService, raw_connect, read_exactly
 import gtcp
 
 
-def test_Listener_echo(serve):
-    listener = serve(EchoService())
+def test_Listener_echo(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"Hello Ballerina Echo from client")
         assert client.read_bytes() == b"Hello Ballerina Echo from client"
 
 
-def test_Listener_large_reply_arrives_over_several_reads_intact(serve):
+def test_Listener_large_reply_arrives_over_several_reads_intact(gtcp_listener):
     payload = bytes(i % 251 for i in range(8_000_001))
 
     class Big(gtcp.ConnectionService):
@@ -31,7 +31,7 @@ def test_Listener_large_reply_arrives_over_several_reads_intact(serve):
         def on_connect(self, caller):
             return Big()
 
-    listener = serve(Svc())
+    listener = gtcp_listener(Svc())
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"send")
         reads = 0
@@ -45,8 +45,8 @@ def test_Listener_large_reply_arrives_over_several_reads_intact(serve):
         assert reads > 1
 
 
-def test_Listener_restart_after_graceful_stop_with_other_service_on_same_port(serve):
-    probe = serve(EchoService())
+def test_Listener_restart_after_graceful_stop_with_other_service_on_same_port(gtcp_listener):
+    probe = gtcp_listener(EchoService())
     port = probe.port
     probe.immediate_stop()
 
@@ -64,7 +64,7 @@ def test_Listener_restart_after_graceful_stop_with_other_service_on_same_port(se
             return Upper()
 
     first = EchoService()
-    listener = serve(first, local_port=port)
+    listener = gtcp_listener(first, local_port=port)
     assert listener.port == port
     with gtcp.Client("127.0.0.1", port, timeout=LONG) as client:
         client.write_bytes(b"abc")
@@ -104,8 +104,8 @@ def test_Listener_start_without_service_raises():
         listener.start()
 
 
-def test_Listener_start_twice_raises(serve):
-    listener = serve(EchoService())
+def test_Listener_start_twice_raises(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     with pytest.raises(gtcp.Error, match="already started"):
         listener.start()
 
@@ -132,8 +132,8 @@ def test_Listener_bad_arguments_raise_config_error():
     assert isinstance(gtcp.ConfigError("x"), ValueError)
 
 
-def test_Listener_port_in_use_raises_listener_error(serve):
-    listener = serve(EchoService())
+def test_Listener_port_in_use_raises_listener_error(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     other = gtcp.Listener(listener.port, local_host="127.0.0.1")
     other.attach(EchoService())
     with pytest.raises(gtcp.ListenerError) as info:
@@ -170,9 +170,9 @@ def test_Listener_attach_rejects_wrong_on_connect_arity():
         gtcp.Listener(0).attach(Bad())
 
 
-def test_Listener_graceful_stop_lets_open_connections_run(serve):
+def test_Listener_graceful_stop_lets_open_connections_run(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     port = listener.port
     with gtcp.Client("127.0.0.1", port, timeout=LONG) as client:
         client.write_bytes(b"before")
@@ -185,9 +185,9 @@ def test_Listener_graceful_stop_lets_open_connections_run(serve):
     assert service.events.get(timeout=LONG) == ("close", None)
 
 
-def test_Listener_graceful_stop_with_timeout_closes_what_is_left(serve):
+def test_Listener_graceful_stop_with_timeout_closes_what_is_left(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.write_bytes(b"x")
     assert client.read_bytes() == b"x"
@@ -198,9 +198,9 @@ def test_Listener_graceful_stop_with_timeout_closes_what_is_left(serve):
     client.close()
 
 
-def test_Listener_immediate_stop_closes_every_connection(serve):
+def test_Listener_immediate_stop_closes_every_connection(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     clients = [gtcp.Client("127.0.0.1", listener.port, timeout=LONG) for _ in range(5)]
     for client in clients:
         client.write_bytes(b"ping")
@@ -215,9 +215,9 @@ def test_Listener_immediate_stop_closes_every_connection(serve):
     listener.immediate_stop()  # stopping a stopped listener does nothing
 
 
-def test_Listener_max_connections_makes_new_connections_wait(serve):
+def test_Listener_max_connections_makes_new_connections_wait(gtcp_listener):
     service = EchoService()
-    listener = serve(service, max_connections=1)
+    listener = gtcp_listener(service, max_connections=1)
     first = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     first.write_bytes(b"1")
     assert first.read_bytes() == b"1"
@@ -240,9 +240,9 @@ def test_Listener_max_connections_makes_new_connections_wait(serve):
     second.close()
 
 
-def test_Listener_idle_timeout_closes_silent_connection(serve):
+def test_Listener_idle_timeout_closes_silent_connection(gtcp_listener):
     service = EchoService()
-    listener = serve(service, idle_timeout=0.3)
+    listener = gtcp_listener(service, idle_timeout=0.3)
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     for _ in range(4):  # activity keeps it open past the idle timeout
         client.write_bytes(b"tick")
@@ -270,7 +270,7 @@ def test_Listener_default_host_reports_ipv4_peer_as_ipv4():
         assert caller.local_port == listener.port
 
 
-def test_Listener_sets_tcp_nodelay_on_accepted_sockets(serve):
+def test_Listener_sets_tcp_nodelay_on_accepted_sockets(gtcp_listener):
     seen = []
 
     class Svc(gtcp.Service):
@@ -279,7 +279,7 @@ def test_Listener_sets_tcp_nodelay_on_accepted_sockets(serve):
             seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             return Echo()
 
-    listener = serve(Svc())
+    listener = gtcp_listener(Svc())
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"x")
         assert client.read_bytes() == b"x"
@@ -287,23 +287,23 @@ def test_Listener_sets_tcp_nodelay_on_accepted_sockets(serve):
     assert seen and seen[0] != 0
 
 
-def test_Listener_reuse_port_option_sets_so_reuseport(serve):
-    listener = serve(EchoService(), reuse_port=True)
+def test_Listener_reuse_port_option_sets_so_reuseport(gtcp_listener):
+    listener = gtcp_listener(EchoService(), reuse_port=True)
     twin = gtcp.Listener(listener.port, local_host="127.0.0.1", reuse_port=True)
     twin.attach(EchoService())
     twin.start()  # a second socket on the same port: only possible with SO_REUSEPORT
     twin.immediate_stop()
 
 
-def test_Listener_accepts_raw_peers(serve):
-    listener = serve(EchoService())
+def test_Listener_accepts_raw_peers(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     sock = raw_connect(listener.port)
     sock.sendall(b"raw")
     assert sock.recv(10) == b"raw"
     sock.close()
 
 
-def test_Listener_write_timeout_ends_peer_that_never_reads(serve):
+def test_Listener_write_timeout_ends_peer_that_never_reads(gtcp_listener):
     failures = []
     done = gevent.event.Event()
 
@@ -327,7 +327,7 @@ def test_Listener_write_timeout_ends_peer_that_never_reads(serve):
             gevent.spawn(push)
             return Push()
 
-    listener = serve(Svc(), write_timeout=0.3)
+    listener = gtcp_listener(Svc(), write_timeout=0.3)
     sock = raw_connect(listener.port)  # never reads
     assert done.wait(LONG)
     exc, sent = failures[0]
@@ -345,9 +345,9 @@ def _drain(queue):
     return items
 
 
-def test_Listener_immediate_stop_after_graceful_stop_closes_leftovers(serve):
+def test_Listener_immediate_stop_after_graceful_stop_closes_leftovers(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.write_bytes(b"a")
     assert client.read_bytes() == b"a"

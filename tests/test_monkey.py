@@ -67,8 +67,8 @@ def test_monkey_patched_process_with_thread_clients():
     assert "Traceback" not in result.stderr
 
 
-def test_clients_inside_greenlets(serve):
-    listener = serve(EchoService())
+def test_clients_inside_greenlets(gtcp_listener):
+    listener = gtcp_listener(EchoService())
 
     def talk(n: int) -> bytes:
         with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:

@@ -70,8 +70,8 @@ def test_attach_a_class_leaves_nothing_attached():
     listener.immediate_stop()
 
 
-def test_attach_an_instance_still_works(serve):
-    listener = serve(EchoService())
+def test_attach_an_instance_still_works(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"hi")
         assert client.read_bytes() == b"hi"
@@ -104,9 +104,10 @@ def test_resolve_still_takes_instances():
     assert resolve(Echo(), "EchoService").on_bytes_with_caller is False
 
 
+@pytest.mark.gtcp_expect_callback_errors("not an instance")
 @pytest.mark.parametrize("cls", [Echo, Stateless])
-def test_on_connect_returning_a_class_is_logged_and_closed(serve, gtcp_log, cls):
-    listener = serve(_returning(cls))
+def test_on_connect_returning_a_class_is_logged_and_closed(gtcp_listener, gtcp_log, cls):
+    listener = gtcp_listener(_returning(cls))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     client.write_bytes(b"hello")  # even a stateless class must not echo it
     with pytest.raises(gtcp.PeerClosedError):

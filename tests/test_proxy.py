@@ -17,7 +17,6 @@ import struct
 import gevent
 import gevent.socket
 import pytest
-import trustme
 from gevent.queue import Queue
 from helpers import recv_all
 from hypothesis import given, settings
@@ -261,9 +260,9 @@ def _warnings(caplog) -> list[str]:
 
 
 @pytest.mark.parametrize("version", ["v1", "v2", "any"])
-def test_remote_address_comes_from_the_header(serve, version):
+def test_remote_address_comes_from_the_header(gtcp_listener, version):
     service = Recorder()
-    listener = serve(service, proxy_protocol=version)
+    listener = gtcp_listener(service, proxy_protocol=version)
     encode = encode_v1 if version == "v1" else encode_v2
     header = encode(("203.0.113.9", 51000), ("198.51.100.4", 6379))
     reply, own = _talk(listener.port, header + b"PING", 4)  # the first bytes share the header's segment
@@ -278,9 +277,9 @@ def test_remote_address_comes_from_the_header(serve, version):
     assert (proxy.proxy_host, proxy.proxy_port) == own
 
 
-def test_ipv6_client_and_tlvs(serve):
+def test_ipv6_client_and_tlvs(gtcp_listener):
     service = Recorder()
-    listener = serve(service, proxy_protocol="v2")
+    listener = gtcp_listener(service, proxy_protocol="v2")
     header = encode_v2(("2001:db8::42", 443), ("2001:db8::1", 8443),
                        ((ProxyInfo.PP2_TYPE_ALPN, b"h2"), (0xE0, b"custom")), crc=True)
     assert _talk(listener.port, header + b"x", 1)[0] == b"x"
@@ -291,9 +290,9 @@ def test_ipv6_client_and_tlvs(serve):
 
 
 @pytest.mark.parametrize("header", [encode_v2(None), encode_v1(None)], ids=["v2-LOCAL", "v1-UNKNOWN"])
-def test_local_and_unknown_keep_the_socket_addresses(serve, header):
+def test_local_and_unknown_keep_the_socket_addresses(gtcp_listener, header):
     service = Recorder()
-    listener = serve(service, proxy_protocol="any")
+    listener = gtcp_listener(service, proxy_protocol="any")
     reply, own = _talk(listener.port, header + b"health", 6)
     assert reply == b"health"
     caller = service.connected.get(timeout=LONG)
@@ -302,10 +301,10 @@ def test_local_and_unknown_keep_the_socket_addresses(serve, header):
     assert (caller.proxy.proxy_host, caller.proxy.proxy_port) == own
 
 
-def test_header_split_at_every_byte_over_a_socket(serve):
+def test_header_split_at_every_byte_over_a_socket(gtcp_listener):
     """Each split point in its own connection: the two pieces are two sends (TCP_NODELAY)."""
     service = Recorder()
-    listener = serve(service, proxy_protocol="any")
+    listener = gtcp_listener(service, proxy_protocol="any")
     payload = encode_v2(("192.0.2.77", 1234), ("192.0.2.1", 80), ((2, b"example.net"),)) + b"hello"
     for cut in range(1, len(payload)):
         sock = gevent.socket.create_connection(("127.0.0.1", listener.port), timeout=LONG)
@@ -326,22 +325,17 @@ def test_header_split_at_every_byte_over_a_socket(serve):
         assert (caller.remote_host, caller.remote_port) == ("192.0.2.77", 1234), cut
 
 
-def test_framing_sees_frames_that_came_with_the_header(serve):
+def test_framing_sees_frames_that_came_with_the_header(gtcp_listener):
     service = Recorder()
-    listener = serve(service, proxy_protocol="v1", framing=gtcp.Lines())
+    listener = gtcp_listener(service, proxy_protocol="v1", framing=gtcp.Lines())
     reply, _ = _talk(listener.port, encode_v1(("192.0.2.5", 9)) + b"one\ntwo\n", 8)
     assert reply == b"one\ntwo\n"
 
 
 @pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    root = tmp_path_factory.mktemp("proxy-pki")
-    ca.cert_pem.write_to_path(str(root / "ca.pem"))
-    cert.private_key_pem.write_to_path(str(root / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
-    return {name: str(root / f"{name}.pem") for name in ("ca", "cert", "key")}
+def tls_files(gtcp_tls):
+    """The files of the plugin's TLS kit, by the names these tests use."""
+    return {"ca": gtcp_tls.ca_file, "cert": gtcp_tls.cert_file, "key": gtcp_tls.key_file}
 
 
 def _tls_client_hello_with_header(port: int, header: bytes, ca: str) -> bytes:
@@ -381,10 +375,10 @@ def _tls_client_hello_with_header(port: int, header: bytes, ca: str) -> bytes:
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_tls_client_hello_in_the_header_segment_is_kept(serve, tls_files, version):
+def test_tls_client_hello_in_the_header_segment_is_kept(gtcp_listener, tls_files, version):
     service = Recorder()
     secure = gtcp.ListenerSecureSocket(key=gtcp.CertKey(tls_files["cert"], tls_files["key"]))
-    listener = serve(service, proxy_protocol=version, secure_socket=secure)
+    listener = gtcp_listener(service, proxy_protocol=version, secure_socket=secure)
     header = (encode_v1 if version == "v1" else encode_v2)(("192.0.2.8", 7000), ("192.0.2.9", 443))
     assert _tls_client_hello_with_header(listener.port, header, tls_files["ca"]) == b"tls"
     caller = service.connected.get(timeout=LONG)
@@ -403,9 +397,9 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize(("payload", "message"), [case[1:] for case in BAD_INPUT],
                          ids=[case[0] for case in BAD_INPUT])
-def test_bad_input_closes_with_one_log_line_and_no_callback(serve, gtcp_log, payload, message):
+def test_bad_input_closes_with_one_log_line_and_no_callback(gtcp_listener, gtcp_log, payload, message):
     service = Recorder()
-    listener = serve(service, proxy_protocol="any")
+    listener = gtcp_listener(service, proxy_protocol="any")
     before = listener.stats()
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port), timeout=LONG)
     try:
@@ -421,10 +415,10 @@ def test_bad_input_closes_with_one_log_line_and_no_callback(serve, gtcp_log, pay
     assert message in warnings[0]
 
 
-def test_connection_closed_without_a_byte_is_one_info_line(serve, gtcp_log):
+def test_connection_closed_without_a_byte_is_one_info_line(gtcp_listener, gtcp_log):
     """A TCP health check (a Kubernetes tcpSocket probe) sends nothing: INFO, not WARNING."""
     service = Recorder()
-    listener = serve(service, proxy_protocol="v2")
+    listener = gtcp_listener(service, proxy_protocol="v2")
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port), timeout=LONG)
     sock.close()
     _wait_closed(listener, 1)
@@ -440,10 +434,10 @@ def _wait_closed(listener: gtcp.Listener, count: int) -> None:
             gevent.sleep(0.005)
 
 
-def test_header_deadline(serve, gtcp_log, monkeypatch, tls_files):
+def test_header_deadline(gtcp_listener, gtcp_log, monkeypatch, tls_files):
     monkeypatch.setattr(_dispatch, "PROXY_HEADER_TIMEOUT", 0.2)
     service = Recorder()
-    listener = serve(service, proxy_protocol="v2")
+    listener = gtcp_listener(service, proxy_protocol="v2")
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port), timeout=LONG)
     try:
         sock.sendall(V2_SIGNATURE[:6])  # a slow-loris start
@@ -457,7 +451,7 @@ def test_header_deadline(serve, gtcp_log, monkeypatch, tls_files):
     # A TLS listener uses its handshake timeout for the header.
     secure = gtcp.ListenerSecureSocket(key=gtcp.CertKey(tls_files["cert"], tls_files["key"]),
                                        handshake_timeout=0.3)
-    tls_listener = serve(Recorder(), proxy_protocol="v1", secure_socket=secure)
+    tls_listener = gtcp_listener(Recorder(), proxy_protocol="v1", secure_socket=secure)
     gtcp_log.clear()
     sock = gevent.socket.create_connection(("127.0.0.1", tls_listener.port), timeout=LONG)
     try:
@@ -474,9 +468,9 @@ def _port_of(caplog) -> str:
     return message.split("127.0.0.1:")[1].split(" ")[0]
 
 
-def test_untrusted_peer_is_closed_before_any_callback(serve, gtcp_log):
+def test_untrusted_peer_is_closed_before_any_callback(gtcp_listener, gtcp_log):
     service = Recorder()
-    listener = serve(service, proxy_protocol="v1", trusted_proxies=("10.0.0.0/8", "192.168.1.1"))
+    listener = gtcp_listener(service, proxy_protocol="v1", trusted_proxies=("10.0.0.0/8", "192.168.1.1"))
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port), timeout=LONG)
     try:
         sock.sendall(encode_v1(("192.0.2.1", 1)) + b"hello")  # a valid header does not help
@@ -489,19 +483,19 @@ def test_untrusted_peer_is_closed_before_any_callback(serve, gtcp_log):
     assert len(warnings) == 1 and "not a trusted proxy" in warnings[0], warnings
 
 
-def test_trusted_peer_is_served(serve):
+def test_trusted_peer_is_served(gtcp_listener):
     service = Recorder()
-    listener = serve(service, proxy_protocol="v1", trusted_proxies=("10.0.0.0/8", "127.0.0.0/8"))
+    listener = gtcp_listener(service, proxy_protocol="v1", trusted_proxies=("10.0.0.0/8", "127.0.0.0/8"))
     assert _talk(listener.port, encode_v1(("192.0.2.1", 1)) + b"ok", 2)[0] == b"ok"
     assert service.connected.get(timeout=LONG).remote_host == "192.0.2.1"
 
 
-def test_trusted_ipv6_peer_on_a_dual_stack_listener(serve):
+def test_trusted_ipv6_peer_on_a_dual_stack_listener(gtcp_listener):
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this host")
     service = Recorder()
     try:
-        listener = serve(service, local_host="::1", proxy_protocol="v2", trusted_proxies=("::1",))
+        listener = gtcp_listener(service, local_host="::1", proxy_protocol="v2", trusted_proxies=("::1",))
     except gtcp.ListenerError:
         pytest.skip("::1 cannot be bound here")
     sock = gevent.socket.create_connection(("::1", listener.port), timeout=LONG)
@@ -515,14 +509,14 @@ def test_trusted_ipv6_peer_on_a_dual_stack_listener(serve):
 
 @pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-def test_health_check_closing_after_the_header_is_debug_only(serve, gtcp_log, tls_files, reset, tls):
+def test_health_check_closing_after_the_header_is_debug_only(gtcp_listener, gtcp_log, tls_files, reset, tls):
     """What HAProxy's ``check`` with ``check-send-proxy`` does: a header, then a close or reset."""
     service = Recorder()
     options = {}
     if tls:
         options["secure_socket"] = gtcp.ListenerSecureSocket(
             key=gtcp.CertKey(tls_files["cert"], tls_files["key"]))
-    listener = serve(service, proxy_protocol="v2", **options)
+    listener = gtcp_listener(service, proxy_protocol="v2", **options)
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port), timeout=LONG)
     if reset:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -536,9 +530,9 @@ def test_health_check_closing_after_the_header_is_debug_only(serve, gtcp_log, tl
     assert listener.stats().handshake_failures == 0
 
 
-def test_stop_while_waiting_for_the_header(serve, gtcp_log):
+def test_stop_while_waiting_for_the_header(gtcp_listener, gtcp_log):
     service = Recorder()
-    listener = serve(service, proxy_protocol="v1")
+    listener = gtcp_listener(service, proxy_protocol="v1")
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port), timeout=LONG)
     try:
         sock.sendall(b"PROXY TCP4 1.2.")

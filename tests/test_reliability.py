@@ -17,7 +17,7 @@ import gtcp
 ONE_MIB = 1024 * 1024
 
 
-def test_close_never_turns_unsent_data_into_reset(serve):
+def test_close_never_turns_unsent_data_into_reset(gtcp_listener):
     """Server writes 1 MiB then closes while the client still sends."""
     payload = bytes(i % 253 for i in range(ONE_MIB))
 
@@ -30,7 +30,7 @@ def test_close_never_turns_unsent_data_into_reset(serve):
         def on_connect(self, caller):
             return Reply()
 
-    listener = serve(Svc())
+    listener = gtcp_listener(Svc())
     sock = raw_connect(listener.port)
     sock.sendall(b"go")
     # Keep bytes in flight towards the server while it closes.
@@ -55,7 +55,8 @@ def _keep_sending(sock):
         pass
 
 
-def test_no_hub_tracebacks_when_handlers_raise_or_peers_reset(serve, capfd):
+@pytest.mark.gtcp_expect_callback_errors("handler bug", "on_close bug", "on_connect bug")
+def test_no_hub_tracebacks_when_handlers_raise_or_peers_reset(gtcp_listener, capfd):
     import socket
     import struct
 
@@ -72,7 +73,7 @@ def test_no_hub_tracebacks_when_handlers_raise_or_peers_reset(serve, capfd):
                 raise RuntimeError("on_connect bug")
             return Raiser()
 
-    listener = serve(Svc())
+    listener = gtcp_listener(Svc())
     for _ in range(10):
         sock = raw_connect(listener.port)
         sock.sendall(b"boom")
@@ -135,9 +136,9 @@ def _live_greenlets() -> int:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
-def test_connect_close_cycles_leave_fds_and_greenlets_at_baseline(serve):
+def test_connect_close_cycles_leave_fds_and_greenlets_at_baseline(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     for _ in range(20):  # warm up lazily created objects (resolver, pools)
         with gtcp.Client("127.0.0.1", listener.port) as client:
             client.write_bytes(b"x")

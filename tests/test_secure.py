@@ -86,8 +86,8 @@ def _echo_once(port, secure, host="localhost", message=b"Hello Ballerina Echo fr
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_secure_client_echo_with_cert_file(serve, pki, version):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki, version))
+def test_secure_client_echo_with_cert_file(gtcp_listener, pki, version):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, version))
     info = _echo_once(listener.port, _client_tls(pki))
     assert info.version == version
     assert info.cipher
@@ -95,62 +95,62 @@ def test_secure_client_echo_with_cert_file(serve, pki, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_secure_client_echo_with_truststore(serve, pki, version):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki, version))
+def test_secure_client_echo_with_truststore(gtcp_listener, pki, version):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, version))
     store = gtcp.TrustStore(path=pki["truststore"], password="ballerina")
     assert _echo_once(listener.port, _client_tls(pki, cert=store)).version == version
 
 
-def test_secure_listener_with_keystore(serve, pki):
+def test_secure_listener_with_keystore(gtcp_listener, pki):
     secure = gtcp.ListenerSecureSocket(key=gtcp.KeyStore(path=pki["keystore"], password="ballerina"))
-    listener = serve(EchoService(), secure_socket=secure)
+    listener = gtcp_listener(EchoService(), secure_socket=secure)
     _echo_once(listener.port, _client_tls(pki))
 
 
-def test_secure_dicts_are_accepted_for_records(serve, pki):
+def test_secure_dicts_are_accepted_for_records(gtcp_listener, pki):
     secure = {"key": {"cert_file": pki["server_cert"], "key_file": pki["server_key"]}}
-    listener = serve(EchoService(), secure_socket=secure)
+    listener = gtcp_listener(EchoService(), secure_socket=secure)
     _echo_once(listener.port, {"cert": pki["ca"]})
 
 
-def test_secure_caller_tls_facts(serve, pki):
+def test_secure_caller_tls_facts(gtcp_listener, pki):
     service = EchoService()
-    listener = serve(service, secure_socket=_listener_tls(pki))
+    listener = gtcp_listener(service, secure_socket=_listener_tls(pki))
     _echo_once(listener.port, _client_tls(pki))
     info = service.callers[0].tls
     assert info.version in ("TLSv1.2", "TLSv1.3") and info.cipher
     assert info.peer_certificate is None  # no client certificate asked
 
 
-def test_secure_client_tls11_only_against_tls12_server_fails(serve, pki):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
+def test_secure_client_tls11_only_against_tls12_server_fails(gtcp_listener, pki):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
     with pytest.raises((gtcp.TLSError, gtcp.ConfigError)):
         gtcp.Client("localhost", listener.port, secure_socket=_client_tls(pki, "TLSv1.1"))
 
 
-def test_secure_cipher_mismatch_fails_at_client(serve, pki):
+def test_secure_cipher_mismatch_fails_at_client(gtcp_listener, pki):
     server = _listener_tls(pki, ciphers=["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"])
-    listener = serve(EchoService(), secure_socket=server)
+    listener = gtcp_listener(EchoService(), secure_socket=server)
     client = _client_tls(pki, ciphers=["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"])
     with pytest.raises(gtcp.TLSError):
         gtcp.Client("localhost", listener.port, secure_socket=client)
 
 
-def test_secure_listener_without_ciphers_and_matching_cipher_work(serve, pki):
+def test_secure_listener_without_ciphers_and_matching_cipher_work(gtcp_listener, pki):
     server = _listener_tls(pki, ciphers=["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"])
-    listener = serve(EchoService(), secure_socket=server)
+    listener = gtcp_listener(EchoService(), secure_socket=server)
     info = _echo_once(listener.port, _client_tls(pki, ciphers=["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]))
     assert info.version == "TLSv1.2" and info.cipher == "ECDHE-RSA-AES128-GCM-SHA256"
 
 
-def test_secure_enable_false_talks_to_plain_server(serve):
-    listener = serve(EchoService())
+def test_secure_enable_false_talks_to_plain_server(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     secure = gtcp.ClientSecureSocket(enable=False, cert="")  # nothing else validated
     assert _echo_once(listener.port, secure, host="127.0.0.1") is None
 
 
-def test_secure_invalid_truststore_path_fails(serve, pki):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki))
+def test_secure_invalid_truststore_path_fails(gtcp_listener, pki):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki))
     store = gtcp.TrustStore(path="/nonexistent/trust.p12", password="ballerina")
     with pytest.raises(gtcp.TLSError) as info:
         gtcp.Client("localhost", listener.port, secure_socket=_client_tls(pki, cert=store))
@@ -158,8 +158,9 @@ def test_secure_invalid_truststore_path_fails(serve, pki):
     assert "/nonexistent/trust.p12" in str(info.value)
 
 
-def test_secure_plaintext_client_on_tls_port_gets_read_error_and_listener_serves_on(serve, pki, gtcp_log):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki))
+def test_secure_plaintext_client_on_tls_port_gets_read_error_and_listener_serves_on(
+        gtcp_listener, pki, gtcp_log):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki))
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as plain:
         plain.write_bytes(b"GET / HTTP/1.0\r\n\r\n")
         with pytest.raises(gtcp.PeerClosedError):
@@ -170,8 +171,8 @@ def test_secure_plaintext_client_on_tls_port_gets_read_error_and_listener_serves
     assert len(failures) == 1 and failures[0].exc_info is None
 
 
-def test_secure_sslv3_only_client_fails(serve, pki):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki))
+def test_secure_sslv3_only_client_fails(gtcp_listener, pki):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki))
     with pytest.raises((gtcp.ConfigError, gtcp.TLSError)):
         gtcp.Client("localhost", listener.port, secure_socket=_client_tls(pki, "SSLv3"))
 
@@ -227,8 +228,8 @@ def test_secure_blank_fields_messages():
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_secure_hostname_is_verified(serve, pki, version):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki, version))
+def test_secure_hostname_is_verified(gtcp_listener, pki, version):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, version))
     wrong = _client_tls(pki, server_name="not-the-server.example")
     with pytest.raises(gtcp.TLSError, match=r"[Hh]ostname|match"):
         gtcp.Client("127.0.0.1", listener.port, secure_socket=wrong)
@@ -237,25 +238,25 @@ def test_secure_hostname_is_verified(serve, pki, version):
     _echo_once(listener.port, _client_tls(pki, server_name="localhost"), host="127.0.0.1")
 
 
-def test_secure_untrusted_server_fails(serve, pki):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki))
+def test_secure_untrusted_server_fails(gtcp_listener, pki):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki))
     other_ca = trustme.CA()
     with other_ca.cert_pem.tempfile() as other:
         with pytest.raises(gtcp.TLSError, match="certificate"):
             gtcp.Client("localhost", listener.port, secure_socket=_client_tls(pki, cert=other))
 
 
-def test_secure_system_trust_store_rejects_private_ca(serve, pki):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki))
+def test_secure_system_trust_store_rejects_private_ca(gtcp_listener, pki):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki))
     with pytest.raises(gtcp.TLSError, match="certificate"):
         gtcp.Client("localhost", listener.port, secure_socket=gtcp.ClientSecureSocket())
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_secure_mutual_tls_require(serve, pki, version):
+def test_secure_mutual_tls_require(gtcp_listener, pki, version):
     service = EchoService()
     secure = _listener_tls(pki, version, mutual_ssl=gtcp.MutualSsl(cert=pki["ca"]))
-    listener = serve(service, secure_socket=secure)
+    listener = gtcp_listener(service, secure_socket=secure)
     key = gtcp.CertKey(cert_file=pki["client_cert"], key_file=pki["client_key"])
     _echo_once(listener.port, _client_tls(pki, key=key))
     peer = service.callers[0].tls.peer_certificate
@@ -267,10 +268,10 @@ def test_secure_mutual_tls_require(serve, pki, version):
             c.read_bytes()
 
 
-def test_secure_mutual_tls_optional(serve, pki):
+def test_secure_mutual_tls_optional(gtcp_listener, pki):
     service = EchoService()
     mutual = gtcp.MutualSsl(cert=pki["ca"], verify_client=gtcp.VerifyClient.OPTIONAL)
-    listener = serve(service, secure_socket=_listener_tls(pki, mutual_ssl=mutual))
+    listener = gtcp_listener(service, secure_socket=_listener_tls(pki, mutual_ssl=mutual))
     _echo_once(listener.port, _client_tls(pki))
     assert service.callers[0].tls.peer_certificate is None
     key = gtcp.CertKey(cert_file=pki["client_cert"], key_file=pki["client_key"])
@@ -278,9 +279,9 @@ def test_secure_mutual_tls_optional(serve, pki):
     assert service.callers[1].tls.peer_certificate is not None
 
 
-def test_secure_handshake_timeout_cuts_silent_and_trickling_clients(serve, pki, gtcp_log):
+def test_secure_handshake_timeout_cuts_silent_and_trickling_clients(gtcp_listener, pki, gtcp_log):
     secure = _listener_tls(pki, handshake_timeout=0.3)
-    listener = serve(EchoService(), secure_socket=secure)
+    listener = gtcp_listener(EchoService(), secure_socket=secure)
     silent = [raw_connect(listener.port) for _ in range(200)]
     trickle = raw_connect(listener.port)
 
@@ -317,8 +318,8 @@ def test_secure_handshake_timeout_cuts_silent_and_trickling_clients(serve, pki, 
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_secure_session_resumption(serve, pki, version):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki, version))
+def test_secure_session_resumption(gtcp_listener, pki, version):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, version))
     secure = _client_tls(pki, session_timeout=60)
     first = _echo_once(listener.port, secure)
     assert first.session_reused is False
@@ -326,10 +327,10 @@ def test_secure_session_resumption(serve, pki, version):
     assert second.session_reused is True
 
 
-def test_secure_session_not_resumed_after_session_timeout(serve, pki, monkeypatch):
+def test_secure_session_not_resumed_after_session_timeout(gtcp_listener, pki, monkeypatch):
     from gtcp import _sessions
 
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
     now = [1000.0]
     monkeypatch.setattr(_sessions.SESSIONS, "_clock", lambda: now[0])
     secure = _client_tls(pki, "TLSv1.2", session_timeout=5)
@@ -339,7 +340,7 @@ def test_secure_session_not_resumed_after_session_timeout(serve, pki, monkeypatc
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_secure_close_sends_close_notify(serve, pki, version):
+def test_secure_close_sends_close_notify(gtcp_listener, pki, version):
     """The client's close() sends close_notify: the server sees a clean TLS EOF."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
@@ -371,7 +372,7 @@ def test_secure_close_sends_close_notify(serve, pki, version):
     raw.close()
 
 
-def test_secure_peer_vanishing_without_close_notify_is_peer_closed(serve, pki):
+def test_secure_peer_vanishing_without_close_notify_is_peer_closed(gtcp_listener, pki):
     gctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     gctx.load_cert_chain(pki["server_cert"], pki["server_key"])
     raw = gevent.socket.socket()
@@ -397,8 +398,8 @@ def test_secure_peer_vanishing_without_close_notify_is_peer_closed(serve, pki):
     raw.close()
 
 
-def test_secure_handshake_failure_logs_one_line_no_traceback(serve, pki, gtcp_log, capfd):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki))
+def test_secure_handshake_failure_logs_one_line_no_traceback(gtcp_listener, pki, gtcp_log, capfd):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki))
     other = trustme.CA()
     with other.cert_pem.tempfile() as other_pem:
         for _ in range(3):
@@ -414,10 +415,10 @@ def test_secure_handshake_failure_logs_one_line_no_traceback(serve, pki, gtcp_lo
     assert "Traceback" not in err
 
 
-def test_secure_session_from_an_evicted_context_is_not_offered(serve, pki):
+def test_secure_session_from_an_evicted_context_is_not_offered(gtcp_listener, pki):
     from gtcp import _contexts
 
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
     secure = _client_tls(pki, "TLSv1.2", session_timeout=60)
     assert _echo_once(listener.port, secure).session_reused is False
     _contexts._client_contexts.clear()  # as if 32 other configurations had pushed it out
@@ -426,8 +427,8 @@ def test_secure_session_from_an_evicted_context_is_not_offered(serve, pki):
     assert _echo_once(listener.port, secure).session_reused is True
 
 
-def test_secure_immediate_stop_ends_handshakes_in_progress(serve, pki):
-    listener = serve(EchoService(), secure_socket=_listener_tls(pki, handshake_timeout=LONG))
+def test_secure_immediate_stop_ends_handshakes_in_progress(gtcp_listener, pki):
+    listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, handshake_timeout=LONG))
     stuck = raw_connect(listener.port)  # connects, never sends a ClientHello
     with gtcp.Client("localhost", listener.port, secure_socket=_client_tls(pki)) as client:
         client.write_bytes(b"x")  # the listener has accepted both by now

@@ -30,9 +30,10 @@ def _opts(sock) -> tuple[int, int, int, int, int]:
     )
 
 
-def test_KeepAlive_and_user_timeout_on_accepted_and_client_sockets(serve):
+def test_KeepAlive_and_user_timeout_on_accepted_and_client_sockets(gtcp_listener):
     service = Keep()
-    listener = serve(service, keepalive=gtcp.KeepAlive(idle=30, interval=5, count=3), user_timeout=7.5)
+    listener = gtcp_listener(service, keepalive=gtcp.KeepAlive(idle=30, interval=5, count=3),
+                             user_timeout=7.5)
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG,
                      keepalive=gtcp.KeepAlive(idle=40.2, interval=2, count=9), user_timeout=1) as client:
         caller = service.callers.get(timeout=LONG)
@@ -40,9 +41,9 @@ def test_KeepAlive_and_user_timeout_on_accepted_and_client_sockets(serve):
         assert _opts(client._stream.gsock) == (1, 41, 2, 9, 1000)  # seconds rounded up
 
 
-def test_keepalive_true_uses_the_system_timings(serve):
+def test_keepalive_true_uses_the_system_timings(gtcp_listener):
     service = Keep()
-    listener = serve(service, keepalive=True)
+    listener = gtcp_listener(service, keepalive=True)
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, keepalive=True) as client:
         caller = service.callers.get(timeout=LONG)
         for sock in (caller._stream.gsock, client._stream.gsock):
@@ -50,9 +51,9 @@ def test_keepalive_true_uses_the_system_timings(serve):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
 
 
-def test_no_options_by_default(serve):
+def test_no_options_by_default(gtcp_listener):
     service = Keep()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         caller = service.callers.get(timeout=LONG)
         for sock in (caller._stream.gsock, client._stream.gsock):

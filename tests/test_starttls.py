@@ -11,7 +11,6 @@ from typing import Any
 import gevent
 import gevent.socket
 import pytest
-import trustme
 from conftest import LONG
 from gevent import ssl as gssl
 from gevent.event import Event
@@ -25,24 +24,16 @@ starttls_client = load_example("starttls_client")
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> dict[str, Any]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    root = tmp_path_factory.mktemp("starttls-pki")
-    paths = {name: str(root / f"{name}.pem") for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(paths["ca"])
-    cert.private_key_pem.write_to_path(paths["key"])
-    for i, pem in enumerate(cert.cert_chain_pems):
-        pem.write_to_path(paths["cert"], append=i > 0)
-    other = trustme.CA()
-    paths["other_ca"] = str(root / "other_ca.pem")
-    other.cert_pem.write_to_path(paths["other_ca"])
+def pki(gtcp_tls) -> dict[str, Any]:
+    """The plugin's TLS kit, by the names these tests use."""
+    paths = {"ca": gtcp_tls.ca_file, "cert": gtcp_tls.cert_file, "key": gtcp_tls.key_file,
+             "other_ca": gtcp_tls.other_ca_file}
     return {
         **paths,
-        "listener": gtcp.ListenerSecureSocket(key=gtcp.CertKey(paths["cert"], paths["key"])),
-        "client": gtcp.ClientSecureSocket(cert=paths["ca"]),
-        "ssl_client": ssl.create_default_context(cafile=paths["ca"]),
-        "server_ctx": _server_ctx(paths),
+        "listener": gtcp_tls.listener,
+        "client": gtcp_tls.client,
+        "ssl_client": gtcp_tls.client_context(),
+        "server_ctx": _server_ctx(paths),  # gevent's SSLContext: wrap_socket must not block the hub
     }
 
 
@@ -206,7 +197,7 @@ def test_starttls_client_failures_raise_tls_error_and_close(pki, case):
         server.close()
 
 
-def test_starttls_server_failure_reaches_the_calling_callback(smtp, gtcp_log):
+def test_starttls_server_failure_reaches_the_calling_callback(smtp, caplog):
     listener, service = smtp
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
     reader = sock.makefile("rb")
@@ -220,7 +211,7 @@ def test_starttls_server_failure_reaches_the_calling_callback(smtp, gtcp_log):
     sock.close()
     # Nothing in plaintext: at most a TLS alert record (none for a bad record header).
     assert received == b"" or received.startswith(b"\x15\x03"), received
-    _until(lambda: any("STARTTLS with" in r.getMessage() for r in gtcp_log.records))
+    _until(lambda: any("STARTTLS with" in r.getMessage() for r in caplog.records))  # the example's logger
     (conn,) = service.connections
     assert conn.commands == [b"STARTTLS"]  # nothing after it ran
 

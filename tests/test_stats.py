@@ -17,9 +17,9 @@ def _until(condition) -> None:
             gevent.sleep(0.001)
 
 
-def test_stats_counts_connections_and_bytes(serve):
+def test_stats_counts_connections_and_bytes(gtcp_listener):
     service = EchoService()
-    listener = serve(service)
+    listener = gtcp_listener(service)
     assert listener.stats() == gtcp.ListenerStats(0, 0, 0, 0, 0, 0, 0, 0)
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as first:
         first.write_bytes(b"x" * 1000)
@@ -38,8 +38,8 @@ def test_stats_counts_connections_and_bytes(serve):
         done.open = 5  # type: ignore[misc]  # a frozen snapshot
 
 
-def test_stats_survive_a_restart(serve):
-    listener = serve(EchoService())
+def test_stats_survive_a_restart(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"a")
         client.read_exactly(1)
@@ -53,8 +53,8 @@ def test_stats_survive_a_restart(serve):
     assert listener.stats().accepted == 2  # counters never go down
 
 
-def test_stats_idle_timeouts_and_frames_too_long(serve):
-    listener = serve(EchoService(), idle_timeout=0.2, framing=gtcp.Lines(max_length=10))
+def test_stats_idle_timeouts_and_frames_too_long(gtcp_listener):
+    listener = gtcp_listener(EchoService(), idle_timeout=0.2, framing=gtcp.Lines(max_length=10))
     silent = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     with pytest.raises(gtcp.PeerClosedError):
         silent.read_bytes()  # closed by the idle timeout
@@ -68,7 +68,7 @@ def test_stats_idle_timeouts_and_frames_too_long(serve):
     assert (stats.idle_timeouts, stats.frames_too_long) == (1, 1)
 
 
-def test_stats_handshake_failures(serve, tmp_path):
+def test_stats_handshake_failures(gtcp_listener, tmp_path):
     import trustme
 
     ca = trustme.CA()
@@ -78,7 +78,7 @@ def test_stats_handshake_failures(serve, tmp_path):
     for i, pem in enumerate(cert.cert_chain_pems):
         pem.write_to_path(cert_path, append=i > 0)
     secure = gtcp.ListenerSecureSocket(key=gtcp.CertKey(cert_path, key_path))
-    listener = serve(EchoService(), secure_socket=secure)
+    listener = gtcp_listener(EchoService(), secure_socket=secure)
     sock = gevent.socket.create_connection(("127.0.0.1", listener.port))
     sock.sendall(b"GET / HTTP/1.0\r\n\r\n")  # plaintext to a TLS listener
     while sock.recv(65536):

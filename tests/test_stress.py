@@ -27,11 +27,11 @@ def _raise_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def test_stress_many_concurrent_clients(serve):
+def test_stress_many_concurrent_clients(gtcp_listener):
     clients_wanted = 2000
     if _raise_nofile(2 * clients_wanted + 200) < 2 * clients_wanted + 100:
         pytest.skip("descriptor limit too low")
-    listener = serve(EchoService(), backlog=4096)
+    listener = gtcp_listener(EchoService(), backlog=4096)
 
     def talk(n: int) -> bytes:
         with gtcp.Client("127.0.0.1", listener.port, timeout=LONG * 6) as client:
@@ -46,8 +46,8 @@ def test_stress_many_concurrent_clients(serve):
     assert sorted(job.value for job in jobs) == [b"%06d" % n for n in range(clients_wanted)]
 
 
-def test_stress_connect_close_cycles_do_not_leak(serve):
-    listener = serve(EchoService())
+def test_stress_connect_close_cycles_do_not_leak(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     fds_before = len(os.listdir("/proc/self/fd"))
     for _ in range(20000):
         client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
@@ -59,8 +59,8 @@ def test_stress_connect_close_cycles_do_not_leak(serve):
             gevent.sleep(0.05)
 
 
-def test_stress_large_transfers_in_both_directions(serve):
-    listener = serve(EchoService())
+def test_stress_large_transfers_in_both_directions(gtcp_listener):
+    listener = gtcp_listener(EchoService())
     payload = os.urandom(64 * 1024 * 1024)
 
     def one() -> None:
