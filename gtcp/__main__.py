@@ -1,10 +1,12 @@
-"""The gtcp command line: ``python -m gtcp {demo,echo,send}``.
+"""The gtcp command line: ``python -m gtcp {demo,echo,send,serve}``.
 
 * ``demo``: the Ballerina spec's section 6 samples, end to end, in one
   process: the echo listener on a free loopback port, the echo client that
   sends ``Hello Ballerina Echo from client`` and prints the reply, then a stop.
-* ``echo``: serve the section 6 echo listener until Ctrl-C.
+* ``echo``: serve the section 6 echo listener until Ctrl-C or SIGTERM, then
+  stop gracefully within ``--graceful-timeout`` (:class:`gtcp._drain.Drain`).
 * ``send``: connect, send one text, print the one reply.
+* ``serve``: serve ``MODULE:NAME`` with worker processes (``gtcp._serve``).
 
 A failure gtcp reports (``gtcp.Error``: connection refused, a bad port...) is
 one line on stderr, ``gtcp: error: <message>``, and exit status 1; no
