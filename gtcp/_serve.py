@@ -584,6 +584,13 @@ class _Worker:
 
 
 class _Supervisor:
+    """The supervisor's state: workers by generation, their reports, restarts, reloads, the stop.
+
+    Everything runs in greenlets of one gevent hub: one per worker watching
+    its process and reading its pipe, the signal handlers, a reload, the
+    metrics server; :meth:`run` is the main line.
+    """
+
     def __init__(self, args: argparse.Namespace, sockets: _Sockets, metrics: Any) -> None:
         self.args = args
         self.sockets = sockets
