@@ -141,7 +141,7 @@ class Served:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+def run_serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     """Start ``python -m gtcp serve ARGS`` (PYTHONPATH: the repository, tests/); kill what is left after."""
     started: list[Served] = []
 
@@ -242,8 +242,9 @@ def scrape(port: int) -> dict[str, int]:
 # -- serving ------------------------------------------------------------------------------
 
 
-def test_serve_two_workers_answer_from_two_pids(serve: Callable[..., Served]) -> None:
-    server = serve("serve_targets:echo", "--port", "0", "--workers", "2", "--framing", "lines").listening()
+def test_serve_two_workers_answer_from_two_pids(run_serve: Callable[..., Served]) -> None:
+    server = run_serve("serve_targets:echo", "--port", "0", "--workers", "2", "--framing", "lines")
+    server.listening()
     assert server.where == f"127.0.0.1:{server.port}"
     assert len(pids_of(server.port, 2)) == 2
     tag, _, _, payload = ask(server.port, "héllo")
@@ -253,9 +254,9 @@ def test_serve_two_workers_answer_from_two_pids(serve: Callable[..., Served]) ->
     assert (code, out, err) == (0, "", [])
 
 
-def test_serve_restarts_a_killed_worker(serve: Callable[..., Served]) -> None:
-    server = serve("serve_targets:echo", "--port", "0", "--workers", "2", "--framing", "lines",
-                   "--log-level", "info").listening()
+def test_serve_restarts_a_killed_worker(run_serve: Callable[..., Served]) -> None:
+    server = run_serve("serve_targets:echo", "--port", "0", "--workers", "2", "--framing", "lines",
+                       "--log-level", "info").listening()
     pids = pids_of(server.port, 2)
     victim = pids.pop()
     os.kill(int(victim), signal.SIGKILL)
@@ -285,10 +286,10 @@ def test_serve_restarts_a_killed_worker(serve: Callable[..., Served]) -> None:
                                        "serve_targets:returns_a_number() returned 42"),
 ], ids=lambda value: value if ":" in value or value == "serve_targets" else "")
 def test_serve_unusable_target_is_one_error_line(
-    serve: Callable[..., Served], tmp_path: Path, target: str, message: str
+    run_serve: Callable[..., Served], tmp_path: Path, target: str, message: str
 ) -> None:
     (tmp_path / "broken_target.py").write_text("raise ValueError('broken at import')\n")
-    server = serve(target, "--port", "0", "--workers", "3", paths=(tmp_path,))
+    server = run_serve(target, "--port", "0", "--workers", "3", paths=(tmp_path,))
     code, out, err = server.finish()
     assert (code, out) == (1, "")
     assert len(err) == 1, err
@@ -304,9 +305,9 @@ def test_serve_unusable_target_is_one_error_line(
                                           "serve_targets:crash_in_one_worker() raised RuntimeError"),
 ], ids=["crash_at_start", "exit_at_start", "crash_in_one_worker"])
 def test_serve_target_crashing_at_start_up_stops_the_server(
-    serve: Callable[..., Served], target: str, message: str
+    run_serve: Callable[..., Served], target: str, message: str
 ) -> None:
-    server = serve(target, "--port", "0", "--workers", "2")
+    server = run_serve(target, "--port", "0", "--workers", "2")
     code, out, err = server.finish()
     assert (code, out) == (1, "")
     assert len(err) == 1, err
@@ -314,9 +315,9 @@ def test_serve_target_crashing_at_start_up_stops_the_server(
 
 
 def test_serve_a_worker_failing_at_every_restart_stops_the_server(
-    serve: Callable[..., Served], tmp_path: Path
+    run_serve: Callable[..., Served], tmp_path: Path
 ) -> None:
-    server = serve("serve_targets:breaks_later", "--port", "0", "--framing", "lines").listening()
+    server = run_serve("serve_targets:breaks_later", "--port", "0", "--framing", "lines").listening()
     _, pid, _, _ = ask(server.port, "fine")
     (tmp_path / "broken").touch()
     os.kill(int(pid), signal.SIGKILL)
@@ -332,25 +333,25 @@ def test_serve_a_worker_failing_at_every_restart_stops_the_server(
     assert err[-1].endswith("; 5 times in a row; stopping")
 
 
-def test_serve_port_in_use_is_one_error_line(serve: Callable[..., Served]) -> None:
+def test_serve_port_in_use_is_one_error_line(run_serve: Callable[..., Served]) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, out, err = serve("serve_targets:echo", "--port", str(port), "--workers", "2").finish()
+        code, out, err = run_serve("serve_targets:echo", "--port", str(port), "--workers", "2").finish()
     assert (code, out) == (1, "")
     assert err == [f"gtcp: error: Error initializing the server: Address already in use (127.0.0.1:{port})"]
 
 
 def test_serve_metrics_port_in_use_is_one_error_line_and_releases_the_socket(
-    serve: Callable[..., Served], tmp_path: Path
+    run_serve: Callable[..., Served], tmp_path: Path
 ) -> None:
     path = tmp_path / "s.sock"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = serve("serve_targets:echo", "--unix", str(path), "--metrics-port", str(port))
+        server = run_serve("serve_targets:echo", "--unix", str(path), "--metrics-port", str(port))
         code, out, err = server.finish()
     assert (code, out, len(err)) == (1, "", 1), err
     assert err[0].startswith("gtcp: error: Error initializing the metrics server: Address already in use")
@@ -362,15 +363,15 @@ def test_serve_metrics_port_in_use_is_one_error_line_and_releases_the_socket(
     (["--cert", "cert.pem"], "gtcp: error: --cert and --key must be given together"),
 ], ids=["missing-files", "cert-without-key"])
 def test_serve_bad_tls_options_are_one_error_line(
-    serve: Callable[..., Served], tls: list[str], message: str
+    run_serve: Callable[..., Served], tls: list[str], message: str
 ) -> None:
-    code, out, err = serve("serve_targets:echo", "--port", "0", "--workers", "2", *tls).finish()
+    code, out, err = run_serve("serve_targets:echo", "--port", "0", "--workers", "2", *tls).finish()
     assert (code, out, len(err)) == (1, "", 1), err
     assert err[0].startswith(message), err
 
 
-def test_serve_without_an_address_is_one_error_line(serve: Callable[..., Served]) -> None:
-    code, out, err = serve("serve_targets:echo").finish()
+def test_serve_without_an_address_is_one_error_line(run_serve: Callable[..., Served]) -> None:
+    code, out, err = run_serve("serve_targets:echo").finish()
     assert (code, out) == (1, "")
     assert err == ["gtcp: error: --port or --unix is required (unless systemd passes the socket: LISTEN_FDS)"]
 
@@ -379,10 +380,10 @@ def test_serve_without_an_address_is_one_error_line(serve: Callable[..., Served]
 
 
 def test_serve_sigterm_lets_a_request_in_progress_finish(
-    serve: Callable[..., Served], tmp_path: Path
+    run_serve: Callable[..., Served], tmp_path: Path
 ) -> None:
-    server = serve("serve_targets:slow", "--port", "0", "--workers", "2", "--framing", "lines",
-                   "--graceful-timeout", "15").listening()
+    server = run_serve("serve_targets:slow", "--port", "0", "--workers", "2", "--framing", "lines",
+                       "--graceful-timeout", "15").listening()
     client = Line(server.port)
     try:
         assert client.ask("sleep 0.5") == "working"
@@ -401,10 +402,10 @@ def test_serve_sigterm_lets_a_request_in_progress_finish(
 
 
 def test_serve_ctrl_c_to_the_group_closes_what_is_left_at_the_graceful_timeout(
-    serve: Callable[..., Served], tmp_path: Path
+    run_serve: Callable[..., Served], tmp_path: Path
 ) -> None:
-    server = serve("serve_targets:slow", "--port", "0", "--workers", "2", "--framing", "lines",
-                   "--graceful-timeout", "0.5").listening()
+    server = run_serve("serve_targets:slow", "--port", "0", "--workers", "2", "--framing", "lines",
+                       "--graceful-timeout", "0.5").listening()
     client = Line(server.port)
     try:
         assert client.ask("hold") == "held"
@@ -420,9 +421,11 @@ def test_serve_ctrl_c_to_the_group_closes_what_is_left_at_the_graceful_timeout(
 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGQUIT], ids=["SIGTERM", "SIGQUIT"])
-def test_serve_second_signal_stops_at_once(serve: Callable[..., Served], tmp_path: Path, second: int) -> None:
-    server = serve("serve_targets:slow", "--port", "0", "--framing", "lines", "--graceful-timeout", "60",
-                   "--log-level", "info").listening()
+def test_serve_second_signal_stops_at_once(
+    run_serve: Callable[..., Served], tmp_path: Path, second: int
+) -> None:
+    server = run_serve("serve_targets:slow", "--port", "0", "--framing", "lines", "--graceful-timeout", "60",
+                       "--log-level", "info").listening()
     client = Line(server.port)
     try:
         assert client.ask("hold") == "held"
@@ -440,10 +443,10 @@ def test_serve_second_signal_stops_at_once(serve: Callable[..., Served], tmp_pat
 
 
 def test_serve_workers_stop_by_themselves_when_the_supervisor_is_killed(
-    serve: Callable[..., Served], tmp_path: Path
+    run_serve: Callable[..., Served], tmp_path: Path
 ) -> None:
-    server = serve("serve_targets:slow", "--port", "0", "--workers", "2", "--framing", "lines",
-                   "--graceful-timeout", "0.5").listening()
+    server = run_serve("serve_targets:slow", "--port", "0", "--workers", "2", "--framing", "lines",
+                       "--graceful-timeout", "0.5").listening()
     client = Line(server.port)
     try:
         assert client.ask("hold") == "held"
@@ -458,9 +461,11 @@ def test_serve_workers_stop_by_themselves_when_the_supervisor_is_killed(
     assert any(line.startswith("closed ") and line.endswith(f" {remote}") for line in events(tmp_path))
 
 
-def test_serve_passes_idle_timeout_and_max_connections_to_the_workers(serve: Callable[..., Served]) -> None:
-    server = serve("serve_targets:slow", "--port", "0", "--framing", "lines", "--idle-timeout", "1",
-                   "--max-connections", "1").listening()
+def test_serve_passes_idle_timeout_and_max_connections_to_the_workers(
+    run_serve: Callable[..., Served]
+) -> None:
+    server = run_serve("serve_targets:slow", "--port", "0", "--framing", "lines", "--idle-timeout", "1",
+                       "--max-connections", "1").listening()
     first = Line(server.port)
     second = None
     try:
@@ -512,12 +517,12 @@ class Loop:
 
 
 def test_serve_sighup_reloads_fresh_code_without_a_failed_connection(
-    serve: Callable[..., Served], tmp_path: Path
+    run_serve: Callable[..., Served], tmp_path: Path
 ) -> None:
     module = tmp_path / "hup_target.py"
     module.write_text("import serve_targets\nservice = serve_targets.Echo('v1')\n")
-    server = serve("hup_target:service", "--port", "0", "--workers", "2", "--framing", "lines",
-                   "--log-level", "info", paths=(tmp_path,)).listening()
+    server = run_serve("hup_target:service", "--port", "0", "--workers", "2", "--framing", "lines",
+                       "--log-level", "info", paths=(tmp_path,)).listening()
     loop = Loop(server.port)
     try:
         until(lambda: len({pid for _, pid in loop.replies}) == 2, "replies from both workers")
@@ -582,14 +587,14 @@ def tls_ask(port: int, ca: str) -> bool:
 
 
 def test_serve_sighup_reloads_the_tls_files(
-    serve: Callable[..., Served], tmp_path: Path, two_cas: list[dict[str, str]]
+    run_serve: Callable[..., Served], tmp_path: Path, two_cas: list[dict[str, str]]
 ) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     first, second = two_cas
     cert.write_bytes(Path(first["cert"]).read_bytes())
     key.write_bytes(Path(first["key"]).read_bytes())
-    server = serve("serve_targets:echo", "--port", "0", "--workers", "2", "--framing", "lines",
-                   "--cert", str(cert), "--key", str(key)).listening()
+    server = run_serve("serve_targets:echo", "--port", "0", "--workers", "2", "--framing", "lines",
+                       "--cert", str(cert), "--key", str(key)).listening()
     assert START_LINE.fullmatch(f"gtcp serve: listening on {server.where} (TLS, 2 workers)\n")
     assert tls_ask(server.port, first["ca"])
     cert.write_bytes(Path(second["cert"]).read_bytes())
@@ -618,14 +623,14 @@ os.execv(sys.executable, [sys.executable, "-m", "gtcp", "serve", *sys.argv[2:]])
 """
 
 
-def test_serve_uses_systemd_socket_activation(serve: Callable[..., Served]) -> None:
+def test_serve_uses_systemd_socket_activation(run_serve: Callable[..., Served]) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        server = serve(command=[sys.executable, "-c", SOCKET_ACTIVATE, str(sock.fileno()),
-                                "serve_targets:echo", "--workers", "2", "--framing", "lines"],
-                       pass_fds=(sock.fileno(),))
+        server = run_serve(command=[sys.executable, "-c", SOCKET_ACTIVATE, str(sock.fileno()),
+                                    "serve_targets:echo", "--workers", "2", "--framing", "lines"],
+                           pass_fds=(sock.fileno(),))
     server.listening()
     assert server.where == f"127.0.0.1:{port}"
     assert ask(port, "activated")[3] == "activated"
@@ -641,11 +646,11 @@ def test_serve_uses_systemd_socket_activation(serve: Callable[..., Served]) -> N
 
 
 def test_serve_unix_socket_with_a_class_target_and_len4_framing(
-    serve: Callable[..., Served], tmp_path: Path
+    run_serve: Callable[..., Served], tmp_path: Path
 ) -> None:
     path = tmp_path / "serve.sock"
-    server = serve("serve_targets:EchoClass", "--unix", str(path), "--workers", "2",
-                   "--framing", "len4").listening()
+    server = run_serve("serve_targets:EchoClass", "--unix", str(path), "--workers", "2",
+                       "--framing", "len4").listening()
     assert server.where == str(path)
     info = os.stat(path)
     assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
@@ -672,9 +677,9 @@ def test_serve_unix_socket_with_a_class_target_and_len4_framing(
 # -- metrics ------------------------------------------------------------------------------------
 
 
-def test_serve_metrics_sum_the_workers_and_never_go_down(serve: Callable[..., Served]) -> None:
-    server = serve("serve_targets:make_echo", "--port", "0", "--workers", "2", "--framing", "lines",
-                   "--metrics-port", "0").listening()
+def test_serve_metrics_sum_the_workers_and_never_go_down(run_serve: Callable[..., Served]) -> None:
+    server = run_serve("serve_targets:make_echo", "--port", "0", "--workers", "2", "--framing", "lines",
+                       "--metrics-port", "0").listening()
     first = scrape(server.metrics_port)
     assert set(first) == {"gtcp_open_connections", *(f"gtcp_{name}_total" for name in COUNTERS),
                           "gtcp_workers", "gtcp_worker_restarts_total"}
