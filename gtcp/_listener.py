@@ -39,6 +39,15 @@ DEFAULT_BACKLOG = 1024
 #: connection is closed; the client's default, as in Ballerina.
 DEFAULT_WRITE_TIMEOUT = 300.0
 
+#: Seconds ``serve_forever()`` lets connections finish after Ctrl-C or SIGTERM.
+GRACEFUL_TIMEOUT = 10.0
+
+#: Python's own handlers of the signals serve_forever() turns into a graceful stop.
+_DEFAULT_HANDLERS: dict[int, Any] = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGTERM: signal.SIG_DFL,
+}
+
 #: Longest time immediate_stop() waits for the on_close callbacks of the
 #: connections it closed (they run in their own greenlets).
 STOP_JOIN_SECONDS = 10.0
@@ -421,38 +430,48 @@ class Listener:
             run.handshake_timeout = seconds(record.handshake_timeout, "handshake_timeout")
         self._secure_socket = record
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, graceful_timeout: float | None = GRACEFUL_TIMEOUT) -> None:
         """``start()`` if needed, then block until the listener is stopped.
 
-        Ctrl-C (SIGINT) stops the listener gracefully and raises
-        ``KeyboardInterrupt`` here, in the caller, instead of letting the
-        gevent hub print it: while serving from the main thread with Python's
-        default SIGINT handler, gtcp handles SIGINT through the event loop.
+        Ctrl-C (SIGINT) and SIGTERM stop the listener gracefully: accepting
+        stops at once, open connections get *graceful_timeout* seconds
+        (default 10) to finish, then the rest are closed, each with its
+        ``on_close`` (``None``: do not wait for them). Then SIGINT raises
+        ``KeyboardInterrupt`` here, in the caller, and SIGTERM returns. The
+        gevent hub prints nothing. This applies while serving from the main
+        thread with Python's default handlers for those signals; a second
+        Ctrl-C during the drain interrupts it.
         """
+        seconds(graceful_timeout, "graceful_timeout")  # checked before serving
         if self._server is None:
             self.start()
-        interrupted: list[bool] = []
-        handler = self._catch_sigint(interrupted)
+        caught: list[int] = []
+        handlers = self._catch_stop_signals(caught)
         try:
             self._stopped.wait()
         finally:
-            if handler is not None:
+            for signum, handler in handlers:
                 handler.cancel()
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-        if interrupted:
-            self.graceful_stop()
-            raise KeyboardInterrupt
+                signal.signal(signum, _DEFAULT_HANDLERS[signum])
+        if caught:
+            self.graceful_stop(graceful_timeout)
+            if caught[0] == signal.SIGINT:
+                raise KeyboardInterrupt
 
-    def _catch_sigint(self, interrupted: list[bool]) -> Any:
-        if (threading.current_thread() is not threading.main_thread()
-                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-            return None
+    def _catch_stop_signals(self, caught: list[int]) -> list[tuple[int, Any]]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        handlers: list[tuple[int, Any]] = []
+        for signum, default in _DEFAULT_HANDLERS.items():
+            if signal.getsignal(signum) is not default:
+                continue  # the program has its own handler: leave it alone
 
-        def on_sigint() -> None:
-            interrupted.append(True)
-            self._stopped.set()
+            def on_signal(signum: int = signum) -> None:
+                caught.append(signum)
+                self._stopped.set()
 
-        return gevent.signal_handler(signal.SIGINT, on_sigint)
+            handlers.append((signum, gevent.signal_handler(signum, on_signal)))
+        return handlers
 
     # -- stopping ----------------------------------------------------------------
 
