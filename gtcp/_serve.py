@@ -964,7 +964,7 @@ def _supervise(args: argparse.Namespace) -> int:
     Listener(0, **options)  # every option checked (ConfigError), nothing bound
     secure_socket = options.get("secure_socket")
     if secure_socket is not None:
-        from ._tls import server_context
+        from ._contexts import server_context
 
         server_context(secure_socket)  # every TLS file loaded, as Listener.start() does
     sockets = _open_sockets(args, listen)
