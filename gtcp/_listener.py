@@ -26,6 +26,7 @@ from ._proxy import check_mode, trusted_networks
 from ._service import check_service
 from ._sockopts import socket_options
 from ._timeouts import seconds
+from ._watchdog import DEFAULT_THRESHOLD, Watching, check_threshold, watch
 
 __all__ = ["Listener", "ListenerStats"]
 
@@ -53,7 +54,8 @@ _DEFAULT_HANDLERS: dict[int, Any] = {
 STOP_JOIN_SECONDS = 10.0
 
 _OPTIONS = frozenset({"backlog", "max_connections", "idle_timeout", "write_timeout", "reuse_port", "framing",
-                      "keepalive", "user_timeout", "proxy_protocol", "trusted_proxies"})
+                      "keepalive", "user_timeout", "proxy_protocol", "trusted_proxies",
+                      "slow_callback_warning"})
 
 
 def _errnos(*names: str) -> frozenset[int]:
@@ -177,7 +179,10 @@ class Listener:
     ``write_timeout``, ``reuse_port``, ``framing`` (a codec such as
     ``gtcp.Lines()``: ``on_bytes`` then gets one frame at a time and what it
     returns is encoded as a frame), ``keepalive`` (``True`` or a
-    ``gtcp.KeepAlive``) and ``user_timeout`` (``TCP_USER_TIMEOUT``, seconds).
+    ``gtcp.KeepAlive``), ``user_timeout`` (``TCP_USER_TIMEOUT``, seconds) and
+    ``slow_callback_warning`` (seconds, default 0.5, ``None`` disables: one
+    WARNING when a callback, or anything else, keeps the gevent hub from
+    running for longer; see the README on monkey-patching).
     Attach one :class:`gtcp.Service`, then ``start()``; each connection runs in its own greenlet.
     """
 
@@ -215,6 +220,9 @@ class Listener:
         self._trusted_proxies = trusted_networks(options.get("trusted_proxies"))
         if self._trusted_proxies is not None and self._proxy_protocol is None:
             raise ConfigError("trusted_proxies needs proxy_protocol='v1', 'v2' or 'any'")
+        self._slow_callback_warning = check_threshold(options.get("slow_callback_warning", DEFAULT_THRESHOLD))
+        #: The watchdog's heartbeat while running (None when stopped or disabled).
+        self._watching: Watching | None = None
         if self._reuse_port and not hasattr(socket, "SO_REUSEPORT"):
             raise ConfigError("reuse_port is not supported on this platform")
         self._service: Any = None
@@ -343,6 +351,8 @@ class Listener:
         self._runs.append(run)
         self._started_once = True
         self._stopped.clear()
+        if self._slow_callback_warning is not None:
+            self._watching = watch(self._slow_callback_warning)
 
     def _bind(self) -> Any:
         if self._adopted is not None:
@@ -549,6 +559,9 @@ class Listener:
         self._run = None
         if server is not None:
             server.close()
+        watching, self._watching = self._watching, None
+        if watching is not None:
+            watching.release()
         self._remove_unix_file()
         self._stopped.set()
 
