@@ -305,8 +305,9 @@ class Connection:
             counters = run.counters
             if self.stream is not None:
                 self.stream.finish(None)
-                counters.bytes_in += self.stream.nread
-                counters.bytes_out += self.stream.nwritten
+                received, sent = self.stream.byte_counts()
+                counters.bytes_in += received
+                counters.bytes_out += sent
             else:
                 self.gsock.close()
             counters.closed += 1
@@ -326,18 +327,19 @@ class Connection:
         if settings.sockopts:
             apply_sockopts(gsock, settings.sockopts)
         stream = self.stream = Stream(gsock, settings.write_timeout, settings.framing)
-        header_bytes = -1
+        after_header = -1  # bytes that came after a PROXY header, before the TLS handshake
         if settings.proxy_protocol is not None:
             if not self._read_proxy_header(stream):
                 return
-            header_bytes = stream.nread - stream.buffered
+            after_header = stream.buffered
         if run.ssl_context is not None:
             try:
                 stream.start_tls(run.ssl_context, server_side=True, timeout=run.handshake_timeout)
             except Error as exc:  # TLSError, or ClosedError from a stop
                 if self.aborted:
                     return
-                if stream.nread == header_bytes and not isinstance(exc.__cause__, ssl.SSLError):
+                if after_header == 0 and stream.handshake_bytes == 0 \
+                        and not isinstance(exc.__cause__, ssl.SSLError):
                     # Nothing after the PROXY header, then a close: a health check.
                     log.debug("connection from %s closed after its PROXY protocol header: %s", self.peer, exc)
                     return

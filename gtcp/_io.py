@@ -54,6 +54,8 @@ from __future__ import annotations
 import re
 import socket as _stdsocket
 import ssl
+import struct
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +95,19 @@ READ_SIZE = 65536
 #: throughput with 64 KiB messages; trying first after small ones costs an
 #: exception per chunk.
 STREAMING_CHUNK = 8192
+
+#: Linux's ``struct tcp_info``: ``tcpi_bytes_acked`` and ``tcpi_bytes_received``
+#: (two u64, in that order) at this offset since Linux 4.2.
+_TCP_INFO = getattr(_stdsocket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+_TCP_INFO_SIZE = 232
+_TCP_INFO_BYTES_OFFSET = 120
+_TCP_INFO_BYTES = struct.Struct("=QQ")
+#: ``tcpi_state`` (the first byte) values: after the peer's FIN (CLOSE_WAIT,
+#: LAST_ACK, CLOSING, TIME_WAIT), after the peer acknowledged ours
+#: (FIN_WAIT2, TIME_WAIT).
+_FIN_RECEIVED = frozenset({8, 9, 11, 6})
+_FIN_ACKED = frozenset({5, 6})
+_TCP_CLOSE = 7
 
 #: Replies queued for pipelined frames are sent once they reach this size,
 #: even if more frames are waiting: coalescing saves system calls, not memory.
@@ -195,6 +210,7 @@ class Stream:
     """
 
     __slots__ = (
+        "_counts",
         "_gsock",
         "_hub",
         "_notify_left",
@@ -205,6 +221,7 @@ class Stream:
         "_raw",
         "_rtimer",
         "_rwatch",
+        "_tcp",
         "_tin",
         "_tls",
         "_tls_ready",
@@ -216,9 +233,8 @@ class Stream:
         "drained",
         "eof",
         "eof_sent",
+        "handshake_bytes",
         "handshaking",
-        "nread",
-        "nwritten",
         "rbuf",
         "rpos",
         "wlock",
@@ -267,9 +283,11 @@ class Stream:
         #: True while a TLS handshake waits (its waits are not idle time).
         self.handshaking = False
         self.write_timeout = write_timeout
-        #: Bytes received from and sent to the socket (TLS records included): the listener's stats.
-        self.nread = 0
-        self.nwritten = 0
+        #: Bytes of ciphertext the TLS handshake read from the socket.
+        self.handshake_bytes = 0
+        #: The kernel's byte counts, taken when the socket is closed (see byte_counts()).
+        self._counts: tuple[int, int] | None = None
+        self._tcp = gsock.family in (_stdsocket.AF_INET, _stdsocket.AF_INET6)
 
     def _bind(self, gsock: Any) -> None:
         """Use the gevent socket *gsock*: its raw socket and its two io watchers."""
@@ -409,7 +427,6 @@ class Stream:
                 if data is not None:
                     if data:
                         self.drained = len(data) < STREAMING_CHUNK
-                        self.nread += len(data)
                         return data  # type: ignore[no-any-return]
                     self.eof = True
                     raise PeerClosedError()
@@ -460,7 +477,6 @@ class Stream:
                 except OSError as exc:
                     raise self._read_error(exc) from exc
                 self.drained = len(chunk) < STREAMING_CHUNK
-                self.nread += len(chunk)
                 if chunk:
                     tin.write(chunk)
                 else:
@@ -588,7 +604,6 @@ class Stream:
                 sent = 0
             except OSError as exc:
                 raise self._write_error(exc) from exc
-            self.nwritten += sent
             if sent == len(data):
                 return
             data = memoryview(data).cast("B")[sent:]
@@ -612,7 +627,6 @@ class Stream:
                 sent = 0
             except OSError as exc:
                 raise self._write_error(exc) from exc
-            self.nwritten += sent
             if sent == len(data):
                 return None
             data = memoryview(data).cast("B")[sent:]
@@ -663,7 +677,6 @@ class Stream:
                     except OSError as exc:
                         raise self._write_error(exc) from exc
                     if sent >= 0:
-                        self.nwritten += sent
                         view = view[sent:]
                         continue
                     if timer is None and self.write_timeout:
@@ -833,7 +846,7 @@ class Stream:
                 raise TLSError(f"TLS handshake failed: {reason(exc)}") from exc
             if not chunk:
                 raise TLSError("Connection closed by the peer during the TLS handshake")
-            self.nread += len(chunk)
+            self.handshake_bytes += len(chunk)
             tin.write(chunk)
 
     def peer_gone(self) -> bool:
@@ -1055,10 +1068,40 @@ class Stream:
                 self._drain(linger)
         self.rbuf = b""
         self.rpos = 0
+        if self._counts is None:
+            self._counts = self.byte_counts()
         try:
             self._gsock.close()
         except OSError:
             pass
+
+    def byte_counts(self) -> tuple[int, int]:
+        """(bytes received, bytes sent that the peer acknowledged) on this TCP socket so far.
+
+        The kernel's own counts (``TCP_INFO``'s ``tcpi_bytes_received`` and
+        ``tcpi_bytes_acked``, Linux 4.2+; TLS records included), read when
+        asked and once more when the socket is closed, so the per-chunk path
+        counts nothing. ``(0, 0)`` where the platform has no such counts and
+        for Unix domain sockets.
+        """
+        if self._counts is not None:
+            return self._counts
+        if not self._tcp or _TCP_INFO is None or self._raw.fileno() < 0:
+            return (0, 0)
+        try:
+            info = self._raw.getsockopt(_stdsocket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE)
+        except OSError:
+            return (0, 0)
+        if len(info) < _TCP_INFO_BYTES_OFFSET + 16:
+            return (0, 0)
+        acked, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_BYTES_OFFSET)
+        # A FIN takes one sequence number, which the kernel counts as a byte.
+        # In CLOSE (after LAST_ACK, or a reset) the peer's EOF tells.
+        state = info[0]
+        closed_after_eof = state == _TCP_CLOSE and self.eof
+        fin_in = state in _FIN_RECEIVED or closed_after_eof
+        fin_out = state in _FIN_ACKED or closed_after_eof
+        return (received - fin_in, acked - fin_out)
 
     def _drain(self, linger: float) -> None:
         # A watcher of its own: a reader woken by close() may not have left
@@ -1072,6 +1115,7 @@ class Stream:
             while True:
                 try:
                     if not raw.recv(READ_SIZE):
+                        self.eof = True
                         return
                 except BlockingIOError:
                     self._hub.wait(watcher)

@@ -401,11 +401,14 @@ class Listener:
         ``open`` connections now; ``accepted`` and ``closed`` connections;
         ``handshake_failures`` (TLS handshakes that failed, stops excluded);
         ``idle_timeouts``; ``frames_too_long`` (connections ended by a
-        ``FrameTooLongError``); ``bytes_in``/``bytes_out`` on the sockets (TLS
-        records included), open connections' bytes so far included.
+        ``FrameTooLongError``); ``bytes_in``/``bytes_out``: the bytes received
+        and the bytes sent that the peer acknowledged, as the kernel counts
+        them (TCP_INFO; TLS records included; 0 on Unix sockets), open
+        connections' bytes so far included.
         """
         counters = self._counters
-        live = [conn.stream for run in self._runs for conn in run.connections if conn.stream is not None]
+        live = [conn.stream.byte_counts() for run in self._runs for conn in run.connections
+                if conn.stream is not None]
         return ListenerStats(
             open=sum(len(run.connections) for run in self._runs),
             accepted=counters.accepted,
@@ -413,8 +416,8 @@ class Listener:
             handshake_failures=counters.handshake_failures,
             idle_timeouts=counters.idle_timeouts,
             frames_too_long=counters.frames_too_long,
-            bytes_in=counters.bytes_in + sum(stream.nread for stream in live),
-            bytes_out=counters.bytes_out + sum(stream.nwritten for stream in live),
+            bytes_in=counters.bytes_in + sum(count[0] for count in live),
+            bytes_out=counters.bytes_out + sum(count[1] for count in live),
         )
 
     def reload_tls(self, secure_socket: Any = None) -> None:
