@@ -234,6 +234,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "closed (default: %(default)g s)")
     options.add_argument("--proxy-protocol", choices=("v1", "v2", "any"),
                          help="expect a PROXY protocol header on every connection")
+    options.add_argument("--trusted-proxies", metavar="NETS",
+                         help="with --proxy-protocol: comma-separated addresses or networks allowed to "
+                              "connect (e.g. 10.0.0.0/8,::1); others are closed before any callback")
     parser.add_argument("--metrics-port", type=_port, metavar="PORT",
                         help="serve GET /metrics (Prometheus text format) on --host:PORT")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
@@ -276,6 +279,9 @@ def _listener_options(args: argparse.Namespace) -> dict[str, Any]:
         options["idle_timeout"] = args.idle_timeout
     if args.proxy_protocol is not None:
         options["proxy_protocol"] = args.proxy_protocol
+    if args.trusted_proxies is not None:
+        options["trusted_proxies"] = tuple(part.strip() for part in args.trusted_proxies.split(",")
+                                           if part.strip())
     secure_socket = listener_secure_socket(args.cert, args.key, args.ca)
     if secure_socket is not None:
         options["secure_socket"] = secure_socket
@@ -933,6 +939,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
         argv += ["--idle-timeout", repr(args.idle_timeout)]
     if args.proxy_protocol is not None:
         argv += ["--proxy-protocol", args.proxy_protocol]
+    if args.trusted_proxies is not None:
+        argv += ["--trusted-proxies", args.trusted_proxies]
     for flag, value in (("--cert", args.cert), ("--key", args.key), ("--ca", args.ca)):
         if value is not None:
             argv += [flag, os.path.abspath(value)]

@@ -198,12 +198,12 @@ def _request(port: int, request: str) -> list[str]:
         return client.read_frame().decode("ascii").split()  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("protocol", "server_options"), [
-    ("v2", "send-proxy-v2"),
-    ("v1", "send-proxy"),
+@pytest.mark.parametrize(("protocol", "server_options", "trusted"), [
+    ("v2", "send-proxy-v2", []),
+    ("v1", "send-proxy", ["--trusted-proxies", "10.0.0.0/8,127.0.0.1"]),
 ])
-def test_service_sees_the_clients_real_address(stack, protocol, server_options):
-    server, proxy = stack(["--workers", "2", "--proxy-protocol", protocol], server_options)
+def test_service_sees_the_clients_real_address(stack, protocol, server_options, trusted):
+    server, proxy = stack(["--workers", "2", "--proxy-protocol", protocol, *trusted], server_options)
     for n in range(6):
         with gtcp.Client("127.0.0.1", proxy.port, timeout=LONG, framing=gtcp.Lines()) as client:
             client.write_frame(f"r{n}".encode())
@@ -214,6 +214,15 @@ def test_service_sees_the_clients_real_address(stack, protocol, server_options):
         assert host == "127.0.0.1"
         assert int(port) == own_port  # the client's port, not the one HAProxy connected from
         assert int(pid) != server.proc.pid  # served by a worker
+
+
+def test_a_proxy_outside_trusted_proxies_is_refused(stack):
+    server, proxy = stack(["--proxy-protocol", "v2", "--trusted-proxies", "10.0.0.0/8"], "send-proxy-v2")
+    with pytest.raises(gtcp.PeerClosedError):
+        _request(proxy.port, "refused")
+    with gevent.Timeout(LONG, AssertionError(f"no log line; stderr: {server.stderr_lines}")):
+        while not any("not a trusted proxy" in line for line in server.stderr_lines):
+            gevent.sleep(0.02)
 
 
 def test_health_checks_are_answered_and_quiet(stack):
