@@ -103,10 +103,13 @@ class Client:
         self._unsaved_session_record: Any = None
         self._context: Any = None
         self._unix = unix
-        if unix:
-            gsock = _connect_unix(remote_host, connect_deadline)
-        else:
-            gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
+        try:
+            if unix:
+                gsock = _connect_unix(remote_host, connect_deadline)
+            else:
+                gsock = _connect(remote_host, remote_port, local_host, connect_deadline)
+        except ConnectError as exc:
+            raise _shortened(exc) from exc.__cause__
         apply_sockopts(gsock, sockopts)
         self._stream = Stream(gsock, write_deadline, codec)
         if secure is not None:
@@ -398,6 +401,22 @@ def _connect_unix(path: str, timeout: float | None) -> Any:
         if timer is not None:
             timer.cancel()
     return gsock
+
+
+def _shortened(exc: ConnectError) -> ConnectError:
+    """*exc* without the frames below ``Client(...)``, its OS error cause without any.
+
+    Uncaught, a refused or unresolvable connect would print some 30 lines,
+    most of them gevent's resolver, thread pool and socket internals. Raised
+    from ``__init__`` (``raise _shortened(exc) from exc.__cause__``), it shows
+    the user's frame, this error and the OS error's message (a
+    ``socket.gaierror``, a ``ConnectionRefusedError``...), which stays
+    ``__cause__``; the ``__context__`` is suppressed.
+    """
+    cause = exc.__cause__
+    if cause is not None:
+        cause.with_traceback(None)
+    return exc.with_traceback(None)
 
 
 def _connect(host: str, port: int, local_host: str | None, timeout: float | None) -> Any:

@@ -8,7 +8,7 @@ import socket
 import gevent
 import pytest
 from conftest import LONG, SHORT
-from helpers import EchoService, read_exactly
+from helpers import EchoService, read_exactly, run_script
 
 import gtcp
 
@@ -93,6 +93,43 @@ def test_Client_refused_raises_connect_error():
         gtcp.Client("127.0.0.1", port)
     assert str(info.value) == "Unable to connect with remote host: Connection refused"
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+@pytest.mark.parametrize(("host", "cause"), [
+    pytest.param("no-such-host.invalid", "socket.gaierror: ", id="unresolvable"),  # RFC 2606: never resolves
+    pytest.param("127.0.0.1", "ConnectionRefusedError: ", id="refused"),
+])
+def test_Client_uncaught_connect_error_prints_a_short_chained_traceback(host, cause):
+    # Through gevent's resolver (or socket) it used to print 22 to 37 lines; now: the OS error, then
+    # the user's frame and the ConnectError (raised from Client's own frame).
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: a refused port while the test runs
+        port = unused.getsockname()[1]
+        result = run_script(f"""
+            import gtcp
+            gtcp.Client({host!r}, {port}, connect_timeout={LONG})
+            """)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert len(lines) <= 12, result.stderr
+    assert lines[0].startswith(cause), result.stderr  # the cause, without gevent's frames
+    assert "The above exception was the direct cause of the following exception:" in lines
+    assert lines[-1].startswith("gtcp.ConnectError: Unable to connect with remote host: "), result.stderr
+    assert 'File "<string>"' in result.stderr  # the user's frame
+    assert "gevent" not in result.stderr and "During handling" not in result.stderr
+
+
+def test_Client_connect_error_keeps_its_cause_and_suppresses_the_context():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        with pytest.raises(gtcp.ConnectError) as info:
+            gtcp.Client("127.0.0.1", unused.getsockname()[1])
+    error = info.value
+    assert isinstance(error.__cause__, ConnectionRefusedError)
+    assert error.__cause__.__traceback__ is None
+    assert error.__suppress_context__
+    frames = [entry.name for entry in info.traceback]
+    assert frames[-1] == "__init__"  # Client(...)'s own frame is the last: nothing of _connect or gevent
 
 
 def test_Client_connect_timeout():
