@@ -132,8 +132,9 @@ class Caller:
     def start_tls(self, secure_socket: Any) -> None:
         """Upgrade this connection to TLS (STARTTLS), from one of its callbacks.
 
-        *secure_socket* is a ``ListenerSecureSocket`` (or a dict of one); its
-        context is built once per record and reused. Write the protocol's
+        *secure_socket* is a ``ListenerSecureSocket`` (or a dict of one),
+        whose context is built once per record and reused, or a server-side
+        ``ssl.SSLContext``, used as it is. Write the protocol's
         "go ahead" first; replies queued for earlier frames go out in
         plaintext before the handshake, and plaintext already received past
         the upgrade point is discarded (logged at WARNING), never delivered

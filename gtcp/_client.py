@@ -51,6 +51,9 @@ class Client:
     ``None`` or ``<= 0`` disables). One greenlet may read while another
     writes; concurrent writes never interleave and concurrent reads are
     served one at a time.
+
+    ``secure_socket`` is a ``ClientSecureSocket``, a dict of one, or a ready
+    client-side ``ssl.SSLContext`` (used as it is).
     """
 
     def __init__(
@@ -89,7 +92,7 @@ class Client:
         connect_deadline = seconds(connect_timeout, "connect_timeout")
         from ._config import client_secure_socket
 
-        secure = client_secure_socket(secure_socket)
+        secure = client_secure_socket(secure_socket)  # a record, or the user's own ssl.SSLContext
         context = None
         if secure is not None:
             from ._contexts import client_context
@@ -99,7 +102,8 @@ class Client:
         self.remote_port = remote_port
         self._read_lock = Semaphore(1)
         self._peer_error: PeerClosedError | None = None
-        #: The record whose TLS 1.3 session is still to be saved (at the first read or at close), or None.
+        #: The record (or raw context) whose TLS 1.3 session is still to be saved (at the first read or at
+        #: close), or None.
         self._unsaved_session_record: Any = None
         self._context: Any = None
         self._unix = unix
@@ -132,11 +136,15 @@ class Client:
         return cls(path, 0, **options)
 
     def _secure(self, secure: Any, context: Any) -> None:
+        """The TLS handshake with *context*, for *secure* (a record, or that same context)."""
+        from ._config import handshake_deadline
         from ._sessions import SESSIONS
 
-        host = secure.server_name or ("localhost" if self._unix else self.remote_host)
+        # A raw context has no server_name: the host, checked or not as its check_hostname says.
+        server_name = getattr(secure, "server_name", None)
+        host = server_name or ("localhost" if self._unix else self.remote_host)
         session = SESSIONS.get(secure, self.remote_host, self.remote_port, context)
-        timeout = seconds(secure.handshake_timeout, "handshake_timeout")
+        timeout = handshake_deadline(secure)
         self._stream.start_tls(context, server_side=False, timeout=timeout,
                                server_hostname=host, session=session)
         tls: Any = self._stream.tls_object
@@ -151,8 +159,9 @@ class Client:
     def start_tls(self, secure_socket: Any) -> None:
         """Upgrade this plain client to TLS (STARTTLS); returns once the handshake is done.
 
-        *secure_socket* is a ``ClientSecureSocket`` (or a dict of one). Call
-        it after the server's "go ahead". Whatever plaintext is buffered or
+        *secure_socket* is a ``ClientSecureSocket`` (or a dict of one), or a
+        client-side ``ssl.SSLContext`` used as it is. Call it after the
+        server's "go ahead". Whatever plaintext is buffered or
         already readable before the ClientHello goes out was not protected
         (a TLS server sends nothing first): it is discarded and logged at
         WARNING, never returned by a later read. Raises ``TLSError`` (the
@@ -166,7 +175,7 @@ class Client:
             raise Error("start_tls(): the client is already TLS")
         secure = client_secure_socket(secure_socket)
         if secure is None:
-            raise ConfigError("start_tls() needs a ClientSecureSocket with enable=True")
+            raise ConfigError("start_tls() needs a ClientSecureSocket with enable=True, or an ssl.SSLContext")
         context = client_context(secure)
         with self._read_lock:
             if stream.closed:

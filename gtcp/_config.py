@@ -24,13 +24,22 @@ so ``ProtocolConfig`` and the secure-socket records ask
 :func:`gtcp._tls_probe.negotiation_plan`, passing it their version names and
 cipher names (not the records: ``gtcp._tls_probe`` does not import this
 module).
+
+The escape hatch: wherever a record is accepted, a ready ``ssl.SSLContext``
+is accepted too (the standard library's class or gevent's, which subclasses
+it), for TLS settings the records do not cover. :func:`listener_secure_socket`
+and :func:`client_secure_socket` check that it was made for the right side and
+hand it back as it is; gtcp never changes it. What a record would say, a raw
+context leaves to gtcp's defaults (:func:`handshake_deadline`).
 """
 
 from __future__ import annotations
 
+import _ssl
 import dataclasses
 import enum
 import os
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar, cast
@@ -53,6 +62,8 @@ __all__ = [
     "TrustStore",
     "VerifyClient",
     "client_secure_socket",
+    "handshake_deadline",
+    "is_ssl_context",
     "listener_secure_socket",
 ]
 
@@ -447,25 +458,71 @@ def _server_name(value: object) -> str | None:
 # Entry points for Listener and Client.
 
 
-def listener_secure_socket(value: object) -> ListenerSecureSocket | None:
+def is_ssl_context(value: object) -> bool:
+    """True for any ``ssl.SSLContext``: the standard library's class, gevent's, or a subclass of either.
+
+    Every one of them derives from the C type ``_ssl._SSLContext``. The check
+    does not go through the name ``ssl.SSLContext`` because monkey-patching
+    rebinds it to gevent's class: a context of the standard library's own
+    class, made before ``patch_all()`` or from ``gevent.ssl.orig_SSLContext``,
+    is no instance of that.
+    """
+    return isinstance(value, _SSL_CONTEXT_BASE) and hasattr(value, "wrap_bio")
+
+
+#: The C base of every SSLContext class (see is_ssl_context).
+_SSL_CONTEXT_BASE: type = _ssl._SSLContext
+
+_SERVER_CONTEXT_HINT = ("ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) or "
+                        "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)")
+_CLIENT_CONTEXT_HINT = "ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT) or ssl.create_default_context()"
+
+
+def _checked_context(value: Any, server_side: bool) -> ssl.SSLContext:
+    """*value*, an SSLContext, if it can serve the side it is given to; else ConfigError.
+
+    Only the protocol tells a side: ``PROTOCOL_TLS_CLIENT`` contexts cannot
+    accept connections and ``PROTOCOL_TLS_SERVER`` ones cannot make them
+    (``PROTOCOL_TLS`` and the fixed-version protocols can do both). Whether a
+    server context has a certificate loaded cannot be read from Python (and a
+    context with an ``sni_callback`` may legitimately have none): it is not
+    checked, and a handshake on such a context fails (logged per connection).
+    """
+    context = cast(ssl.SSLContext, value)
+    if server_side and context.protocol == ssl.PROTOCOL_TLS_CLIENT:
+        raise ConfigError("secure_socket: a listener needs a server-side ssl.SSLContext, got a client-side "
+                          f"one (PROTOCOL_TLS_CLIENT); make it with {_SERVER_CONTEXT_HINT}")
+    if not server_side and context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        raise ConfigError("secure_socket: a client needs a client-side ssl.SSLContext, got a server-side "
+                          f"one (PROTOCOL_TLS_SERVER); make it with {_CLIENT_CONTEXT_HINT}")
+    return context
+
+
+def listener_secure_socket(value: object) -> ListenerSecureSocket | ssl.SSLContext | None:
     """Normalise a listener's ``secure_socket`` argument.
 
     None stays None (plain TCP); a :class:`ListenerSecureSocket` is returned
-    as is; a dict becomes one. Anything else raises ``ConfigError``.
+    as is; a dict becomes one; a server-side ``ssl.SSLContext`` is returned as
+    is (a client-side one raises ``ConfigError``). Anything else raises
+    ``ConfigError``.
     """
     if value is None or isinstance(value, ListenerSecureSocket):
         return value
     if isinstance(value, Mapping):
         return _from_mapping(ListenerSecureSocket, value, "ListenerSecureSocket")
-    raise ConfigError(f"secure_socket must be a ListenerSecureSocket or a dict, got {_type_name(value)}")
+    if is_ssl_context(value):
+        return _checked_context(value, server_side=True)
+    raise ConfigError("secure_socket must be a ListenerSecureSocket, a dict or an ssl.SSLContext, "
+                      f"got {_type_name(value)}")
 
 
-def client_secure_socket(value: object) -> ClientSecureSocket | None:
+def client_secure_socket(value: object) -> ClientSecureSocket | ssl.SSLContext | None:
     """Normalise a client's ``secure_socket`` argument.
 
     None, and a record or dict with ``enable=False``, give None (plain TCP); a
-    :class:`ClientSecureSocket` is returned as is; a dict becomes one. Anything
-    else raises ``ConfigError``.
+    :class:`ClientSecureSocket` is returned as is; a dict becomes one; a
+    client-side ``ssl.SSLContext`` is returned as is (a server-side one raises
+    ``ConfigError``). Anything else raises ``ConfigError``.
     """
     if value is None:
         return None
@@ -473,4 +530,19 @@ def client_secure_socket(value: object) -> ClientSecureSocket | None:
         value = _from_mapping(ClientSecureSocket, value, "ClientSecureSocket")
     if isinstance(value, ClientSecureSocket):
         return value if value.enable else None
-    raise ConfigError(f"secure_socket must be a ClientSecureSocket or a dict, got {_type_name(value)}")
+    if is_ssl_context(value):
+        return _checked_context(value, server_side=False)
+    raise ConfigError("secure_socket must be a ClientSecureSocket, a dict or an ssl.SSLContext, "
+                      f"got {_type_name(value)}")
+
+
+def handshake_deadline(secure: ListenerSecureSocket | ClientSecureSocket | ssl.SSLContext) -> float | None:
+    """The handshake deadline in seconds (None: none) for a record or a raw context.
+
+    A record's ``handshake_timeout`` (``<= 0``: none); for an ``ssl.SSLContext``,
+    which has no such setting, :data:`DEFAULT_HANDSHAKE_TIMEOUT` (read at each
+    call).
+    """
+    if isinstance(secure, (ListenerSecureSocket, ClientSecureSocket)):
+        return seconds(secure.handshake_timeout, "handshake_timeout")
+    return seconds(DEFAULT_HANDSHAKE_TIMEOUT, "handshake_timeout")

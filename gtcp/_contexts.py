@@ -15,6 +15,10 @@ is ``session_timeout <= 0``: the server then sends no session tickets
 (``num_tickets = 0`` and ``OP_NO_TICKET``); OpenSSL's server-side session-ID
 cache for TLS 1.2 cannot be switched off from Python. The client side of
 ``session_timeout`` is :mod:`gtcp._sessions`.
+
+A ready ``ssl.SSLContext`` given instead of a record (checked for its side by
+:mod:`gtcp._config`) is used as it is: :func:`server_context` and
+:func:`client_context` return it unchanged, and gtcp sets nothing on it.
 """
 
 from __future__ import annotations
@@ -52,14 +56,17 @@ def _new_context(
     return ctx
 
 
-def server_context(cfg: ListenerSecureSocket) -> ssl.SSLContext:
+def server_context(cfg: ListenerSecureSocket | ssl.SSLContext) -> ssl.SSLContext:
     """Build a listener's context (a ``gevent.ssl.SSLContext``) from its record.
 
     Loads the key and, with ``mutual_ssl``, the CA certificates client
     certificates are checked against (``CERT_REQUIRED`` or ``CERT_OPTIONAL``).
     File failures raise ``TLSError("Failed to initialize the SSL context: ...")``
-    naming the file; a new context is built at every call.
+    naming the file; a new context is built at every call. An
+    ``ssl.SSLContext`` (the user's own) is returned as it is.
     """
+    if not isinstance(cfg, ListenerSecureSocket):
+        return cfg
     ctx = _new_context(ssl.PROTOCOL_TLS_SERVER, cfg.protocol, cfg.ciphers)
     load_key(ctx, cfg.key)
     if cfg.mutual_ssl is not None:
@@ -116,8 +123,10 @@ class _ContextCache:
 _client_contexts = _ContextCache(CLIENT_CONTEXT_CACHE_SIZE)
 
 
-def client_context(cfg: ClientSecureSocket) -> ssl.SSLContext:
+def client_context(cfg: ClientSecureSocket | ssl.SSLContext) -> ssl.SSLContext:
     """The context (a ``gevent.ssl.SSLContext``) for a client record.
+
+    An ``ssl.SSLContext`` (the user's own) is returned as it is.
 
     Equal records get the same context object (a bounded cache), because a
     TLS session can only be resumed with the context that made it; files are
@@ -126,6 +135,8 @@ def client_context(cfg: ClientSecureSocket) -> ssl.SSLContext:
     ``cfg.key`` as the client certificate. Raises ``ConfigError`` for a record
     with ``enable=False`` and ``TLSError`` for files that cannot be loaded.
     """
+    if not isinstance(cfg, ClientSecureSocket):
+        return cfg
     if not cfg.enable:
         raise ConfigError("TLS is disabled in this ClientSecureSocket (enable=False)")
     return _client_contexts.get(cfg)

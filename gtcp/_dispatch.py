@@ -44,7 +44,6 @@ from ._io import LINGER_SECONDS, Stream
 from ._proxy import BadHeader, ProxyInfo, decode, is_trusted
 from ._service import Callbacks, resolve
 from ._sockopts import apply as apply_sockopts
-from ._timeouts import seconds
 
 __all__ = ["Connection", "ConnectionSettings", "Counters", "ListenerRun"]
 
@@ -106,12 +105,20 @@ _STARTTLS_CONTEXTS: dict[Any, tuple[Any, float | None]] = {}
 
 
 def _starttls_context(record: Any) -> tuple[Any, float | None]:
-    """The server context and handshake timeout for *record* (built once, then cached)."""
+    """The server context and handshake timeout for *record* (built once, then cached).
+
+    A ready ``ssl.SSLContext`` is its own context (not cached), with gtcp's
+    default handshake timeout.
+    """
+    from ._config import ListenerSecureSocket, handshake_deadline
+
+    if not isinstance(record, ListenerSecureSocket):
+        return record, handshake_deadline(record)
     found = _STARTTLS_CONTEXTS.get(record)
     if found is None:
         from ._contexts import server_context
 
-        found = (server_context(record), seconds(record.handshake_timeout, "handshake_timeout"))
+        found = (server_context(record), handshake_deadline(record))
         if len(_STARTTLS_CONTEXTS) >= 64:  # records made on the fly: do not grow forever
             _STARTTLS_CONTEXTS.pop(next(iter(_STARTTLS_CONTEXTS)))
         _STARTTLS_CONTEXTS[record] = found
@@ -263,9 +270,9 @@ class Connection:
         assert stream is not None
         if stream.tls_object is not None:
             raise Error("start_tls(): the connection is already TLS")
-        record = listener_secure_socket(secure_socket)
+        record = listener_secure_socket(secure_socket)  # or a server-side ssl.SSLContext
         if record is None:
-            raise ConfigError("start_tls() needs a ListenerSecureSocket (or a dict of one)")
+            raise ConfigError("start_tls() needs a ListenerSecureSocket, a dict of one or an ssl.SSLContext")
         context, timeout = _starttls_context(record)
         stream.flush()  # replies to earlier frames go out in plaintext, before the handshake
         unprotected = stream.buffered

@@ -184,6 +184,8 @@ class Listener:
     WARNING when a callback, or anything else, keeps the gevent hub from
     running for longer; see the README on monkey-patching).
     Attach one :class:`gtcp.Service`, then ``start()``; each connection runs in its own greenlet.
+    ``secure_socket`` is a ``ListenerSecureSocket``, a dict of one, or a ready server-side
+    ``ssl.SSLContext`` (used as it is, with gtcp's default handshake timeout).
     """
 
     def __init__(
@@ -331,10 +333,11 @@ class Listener:
         context = None
         handshake_timeout = None
         if self._secure_socket is not None:
+            from ._config import handshake_deadline
             from ._contexts import server_context
 
-            context = server_context(self._secure_socket)
-            handshake_timeout = seconds(self._secure_socket.handshake_timeout, "handshake_timeout")
+            context = server_context(self._secure_socket)  # an ssl.SSLContext given is used as it is
+            handshake_timeout = handshake_deadline(self._secure_socket)
         sock = self._bind()
         settings = ConnectionSettings(self._service, self._write_timeout, self._idle_timeout, self._framing,
                                       self._sockopts, self._proxy_protocol, self._trusted_proxies)
@@ -421,16 +424,18 @@ class Listener:
         )
 
     def reload_tls(self, secure_socket: Any = None) -> None:
-        """Re-read the TLS files (or take a new ``ListenerSecureSocket`` or dict) for new handshakes.
+        """Re-read the TLS files (or take a new record, dict or ``ssl.SSLContext``) for new handshakes.
 
         Connections already open keep the context they were made with. The
         new context is built completely first: a bad file raises
         ``TLSError`` (a bad record ``ConfigError``) and the old context stays
-        in use. Before ``start()`` (or after a stop) it only replaces the
-        record, checked at the next ``start()``. Raises ``gtcp.Error`` on a
-        plain listener.
+        in use. A listener given a ready ``ssl.SSLContext`` has no files gtcp
+        could re-read: without an argument its context stays (change it in
+        place, ``load_cert_chain()``, or pass a new one). Before ``start()``
+        (or after a stop) it only replaces the record, checked at the next
+        ``start()``. Raises ``gtcp.Error`` on a plain listener.
         """
-        from ._config import listener_secure_socket
+        from ._config import handshake_deadline, listener_secure_socket
         from ._contexts import server_context
 
         record = self._secure_socket if secure_socket is None else listener_secure_socket(secure_socket)
@@ -440,7 +445,7 @@ class Listener:
         if run is not None:
             context = server_context(record)  # raises before anything changes
             run.ssl_context = context
-            run.handshake_timeout = seconds(record.handshake_timeout, "handshake_timeout")
+            run.handshake_timeout = handshake_deadline(record)
         self._secure_socket = record
 
     def serve_forever(self, graceful_timeout: float | None = GRACEFUL_TIMEOUT) -> None:

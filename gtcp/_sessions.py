@@ -5,6 +5,11 @@ side: :class:`SessionCache` only offers a session while it is younger than
 ``session_timeout`` (None: 300 s) and than the lifetime the server gave it.
 (A server cannot be told its session lifetime from Python: see
 :mod:`gtcp._contexts`.) Every ``Client`` shares :data:`SESSIONS`.
+
+A client given a ready ``ssl.SSLContext`` instead of a record keys its
+sessions by that context object (two equal-looking contexts are two keys: a
+session can only be resumed with the context that made it) and keeps them for
+:data:`~gtcp._config.DEFAULT_SESSION_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from ._config import DEFAULT_SESSION_TIMEOUT, ClientSecureSocket
 
 __all__ = ["SESSIONS", "SESSION_CACHE_SIZE", "SessionCache"]
 
+#: What sessions are saved for: a client record, or the user's own context.
+_Owner = ClientSecureSocket | ssl.SSLContext
+
 #: Sessions kept by the process-wide :data:`SESSIONS`. A session is a few
 #: hundred bytes; 1000 covers a client talking to many servers while bounding
 #: memory when host names are unbounded.
@@ -27,6 +35,9 @@ SESSION_CACHE_SIZE = 1000
 
 class SessionCache:
     """TLS sessions a client may resume, keyed by (record, host, port).
+
+    The record may be an ``ssl.SSLContext`` instead (a client given a raw
+    context): its ``session_timeout`` is then None.
 
     A session is offered while it is younger than the record's
     ``session_timeout`` (None: 300 s) and than the lifetime the server gave it;
@@ -41,15 +52,16 @@ class SessionCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: collections.OrderedDict[
-            tuple[ClientSecureSocket, str, int], tuple[ssl.SSLSession, float, ssl.SSLContext | None]
+            tuple[_Owner, str, int], tuple[ssl.SSLSession, float, ssl.SSLContext | None]
         ] = collections.OrderedDict()
 
     @staticmethod
-    def _lifetime(cfg: ClientSecureSocket) -> float:
-        return DEFAULT_SESSION_TIMEOUT if cfg.session_timeout is None else cfg.session_timeout
+    def _lifetime(cfg: _Owner) -> float:
+        timeout = cfg.session_timeout if isinstance(cfg, ClientSecureSocket) else None
+        return DEFAULT_SESSION_TIMEOUT if timeout is None else timeout
 
     def get(
-        self, cfg: ClientSecureSocket, host: str, port: int, context: ssl.SSLContext | None = None
+        self, cfg: _Owner, host: str, port: int, context: ssl.SSLContext | None = None
     ) -> ssl.SSLSession | None:
         """The session to offer to ``host:port``, or None (none, or expired).
 
@@ -71,7 +83,7 @@ class SessionCache:
 
     def put(
         self,
-        cfg: ClientSecureSocket,
+        cfg: _Owner,
         host: str,
         port: int,
         session: ssl.SSLSession | None,

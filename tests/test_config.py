@@ -261,9 +261,10 @@ def test_listener_secure_socket_passes_record_and_None() -> None:
 
 
 def test_listener_secure_socket_rejects_other_types() -> None:
-    with _raises("secure_socket must be a ListenerSecureSocket or a dict, got int"):
+    with _raises("secure_socket must be a ListenerSecureSocket, a dict or an ssl.SSLContext, got int"):
         listener_secure_socket(1)
-    with _raises("secure_socket must be a ListenerSecureSocket or a dict, got ClientSecureSocket"):
+    with _raises("secure_socket must be a ListenerSecureSocket, a dict or an ssl.SSLContext, "
+                 "got ClientSecureSocket"):
         listener_secure_socket(ClientSecureSocket())
 
 
@@ -287,9 +288,10 @@ def test_client_secure_socket_passes_record_and_None() -> None:
 
 
 def test_client_secure_socket_rejects_other_types() -> None:
-    with _raises("secure_socket must be a ClientSecureSocket or a dict, got str"):
+    with _raises("secure_socket must be a ClientSecureSocket, a dict or an ssl.SSLContext, got str"):
         client_secure_socket("ca.pem")
-    with _raises("secure_socket must be a ClientSecureSocket or a dict, got ListenerSecureSocket"):
+    with _raises("secure_socket must be a ClientSecureSocket, a dict or an ssl.SSLContext, "
+                 "got ListenerSecureSocket"):
         client_secure_socket(ListenerSecureSocket(CertKey("c", "k")))
 
 
