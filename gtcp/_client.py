@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import gevent
 import gevent.socket
 from gevent import Timeout
+from gevent.event import Event
 from gevent.lock import Semaphore
+from gevent.queue import Empty, Queue
 
 from ._errors import ClosedError, ConfigError, ConnectError, Error, PeerClosedError
 from ._framing import DEFAULT_MAX_LENGTH, Codec, Delimited, Lines, check_codec
@@ -34,8 +39,13 @@ _UNIX = "_gtcp_unix"
 #: read_line()'s decoder at the default limit, made once.
 _LINES = Lines()
 
-#: Seconds to establish the TCP connection.
+#: Seconds to establish the TCP connection (all attempts together).
 DEFAULT_CONNECT_TIMEOUT = 30.0
+
+#: Seconds Happy Eyeballs waits for an attempt before it starts the next one
+#: alongside (RFC 8305 section 5, "Connection Attempt Delay": 250 ms is its
+#: recommended value). A failed attempt starts the next one at once.
+CONNECTION_ATTEMPT_DELAY = 0.25
 
 
 class _ConnectTimeout(Exception):
@@ -53,7 +63,11 @@ class Client:
     served one at a time.
 
     ``secure_socket`` is a ``ClientSecureSocket``, a dict of one, or a ready
-    client-side ``ssl.SSLContext`` (used as it is).
+    client-side ``ssl.SSLContext`` (used as it is). A host name that resolves
+    to several addresses is connected with Happy Eyeballs (RFC 8305): one
+    attempt after another, :data:`CONNECTION_ATTEMPT_DELAY` apart or as soon
+    as the previous one failed, families interleaved, the first to connect
+    wins; ``connect_timeout`` bounds the whole connect.
     """
 
     def __init__(
@@ -428,21 +442,54 @@ def _shortened(exc: ConnectError) -> ConnectError:
     return exc.with_traceback(None)
 
 
+#: One address to connect to: (family, type, proto, sockaddr), as getaddrinfo gives them.
+_Target = tuple[int, int, int, Any]
+
+
+class _LocalHostError(Exception):
+    """Private: resolving ``local_host`` failed (its OSError is the cause)."""
+
+
 def _connect(host: str, port: int, local_host: str | None, timeout: float | None) -> Any:
-    """A connected gevent socket with TCP_NODELAY, or ConnectError."""
-    source = (local_host, 0) if local_host is not None else None
+    """A connected gevent socket with TCP_NODELAY, or ConnectError.
+
+    *host* is resolved with gevent's resolver (an IP address is not looked
+    up); one address is connected to in this greenlet, as
+    ``gevent.socket.create_connection`` does; several are raced by
+    :func:`_happy_eyeballs`. With *local_host*, each attempt binds the local
+    address of its own family, and addresses of a family *local_host* has
+    none of are left out. *timeout* bounds everything, resolution included.
+    """
     timer = Timeout.start_new(timeout, _ConnectTimeout) if timeout else None
     try:
-        gsock = gevent.socket.create_connection((host, port), source_address=source)
+        sources = _local_addresses(local_host) if local_host is not None else None
+        targets = _addresses(host, port)
+        if sources is not None:
+            families = {target[0] for target in targets}
+            targets = [target for target in targets if target[0] in sources]
+            if not targets:
+                raise ConnectError(
+                    f"Unable to connect with remote host: local_host {local_host!r} has no address of the "
+                    f"family of {host!r} ({_family_names(families)})"
+                )
+        if len(targets) == 1:
+            gsock = _attempt(targets[0], sources)
+        else:
+            gsock = _happy_eyeballs(_interleave(targets), sources)
     except _ConnectTimeout:
         raise ConnectError(
             f"Unable to connect with remote host: connection timed out after {timeout:g} s"
         ) from None
+    except ConnectError:
+        raise
+    except _LocalHostError as exc:
+        cause = exc.__cause__
+        assert isinstance(cause, OSError)
+        raise ConnectError(
+            f"Unable to connect with remote host: {reason(cause)} (local_host {local_host!r})"
+        ) from cause
     except OSError as exc:
-        cause = reason(exc)
-        if local_host is not None and isinstance(exc, socket.gaierror):
-            cause = f"{cause} (local_host {local_host!r})"
-        raise ConnectError(f"Unable to connect with remote host: {cause}") from exc
+        raise ConnectError(f"Unable to connect with remote host: {reason(exc)}") from exc
     finally:
         if timer is not None:
             timer.cancel()
@@ -451,3 +498,141 @@ def _connect(host: str, port: int, local_host: str | None, timeout: float | None
     except OSError:
         pass
     return gsock
+
+
+def _literal(host: str, port: int) -> list[_Target] | None:
+    """The one target of an IPv4 or IPv6 address written as such, or None for a name.
+
+    What ``getaddrinfo`` would return, without a trip through the resolver's
+    thread pool. Scoped IPv6 addresses (``fe80::1%eth0``) go to the resolver.
+    """
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        address = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, address)]
+    return None
+
+
+def _addresses(host: str, port: int) -> list[_Target]:
+    """The addresses of *host*, in the resolver's order (RFC 6724's, where the system sorts)."""
+    found = _literal(host, port)
+    if found is not None:
+        return found
+    infos = gevent.socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"getaddrinfo returned no address for {host!r}")
+    return [(family, kind, proto, address) for family, kind, proto, _, address in infos]
+
+
+def _local_addresses(local_host: str) -> dict[int, Any]:
+    """The address to bind for each family *local_host* has (the resolver's first of each)."""
+    try:
+        found = _literal(local_host, 0)
+        if found is None:
+            infos = gevent.socket.getaddrinfo(local_host, 0, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+            found = [(family, kind, proto, address) for family, kind, proto, _, address in infos]
+    except OSError as exc:
+        raise _LocalHostError() from exc
+    sources: dict[int, Any] = {}
+    for family, _, _, address in found:
+        sources.setdefault(family, address)
+    return sources
+
+
+def _family_names(families: set[int]) -> str:
+    names: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+    return ", ".join(sorted(names.get(family, str(family)) for family in families))
+
+
+def _interleave(targets: list[_Target]) -> list[_Target]:
+    """RFC 8305 section 4: alternate address families, starting with the resolver's first.
+
+    The resolver's order within each family is kept; with the system's RFC
+    6724 sorting that puts IPv6 first where the host has IPv6 connectivity.
+    """
+    first = targets[0][0]
+    preferred = [target for target in targets if target[0] == first]
+    others = [target for target in targets if target[0] != first]
+    ordered: list[_Target] = []
+    for pair in itertools.zip_longest(preferred, others):
+        ordered.extend(target for target in pair if target is not None)
+    return ordered
+
+
+def _attempt(target: _Target, sources: dict[int, Any] | None) -> Any:
+    """One connection attempt: a gevent socket connected to *target*, or OSError.
+
+    The socket is closed on any failure, a kill (``GreenletExit``) and a
+    timeout included.
+    """
+    family, kind, proto, address = target
+    gsock = gevent.socket.socket(family, kind, proto)
+    try:
+        if sources is not None:
+            gsock.bind(sources[family])
+        gsock.connect(address)
+    except BaseException:
+        gsock.close()
+        raise
+    return gsock
+
+
+def _happy_eyeballs(targets: list[_Target], sources: dict[int, Any] | None) -> Any:
+    """Race connection attempts to *targets* (RFC 8305 section 5); the first connected socket wins.
+
+    The first attempt starts at once; each next one after
+    :data:`CONNECTION_ATTEMPT_DELAY` or as soon as an attempt fails,
+    whichever comes first. When one connects, the attempts still under way
+    are killed and every other socket is closed, those that connected a
+    moment later included; the same happens when this greenlet is
+    interrupted (the connect deadline). If every attempt fails, raises the
+    OSError of the one that failed last (as ``create_connection`` does).
+    """
+    results: Queue[tuple[Any, BaseException | None, _Target]] = Queue()
+    decided = Event()  # set once the race is over: a late winner closes its own socket
+
+    def attempt(target: _Target) -> None:
+        try:
+            gsock = _attempt(target, sources)
+        except Exception as exc:  # OSError; anything else is reported the same way, never to the hub
+            results.put((None, exc, target))
+            return
+        if decided.is_set():
+            gsock.close()
+        else:
+            results.put((gsock, None, target))
+
+    def close_late_winners() -> None:
+        while not results.empty():
+            late = results.get_nowait()[0]
+            if late is not None:
+                late.close()
+
+    waiting = collections.deque(targets)
+    attempts: list[Any] = []
+    failed = 0
+    last_error: BaseException | None = None
+    try:
+        while True:
+            if waiting:
+                attempts.append(gevent.spawn(attempt, waiting.popleft()))
+            elif failed == len(attempts):
+                assert last_error is not None
+                raise last_error
+            try:
+                gsock, error, target = results.get(timeout=CONNECTION_ATTEMPT_DELAY if waiting else None)
+            except Empty:
+                continue  # no answer within the delay: start the next attempt alongside
+            if error is None:
+                return gsock
+            failed += 1
+            last_error = error
+            log.debug("connection attempt %d of %d (%s) failed: %s", failed, len(targets), target[3], error)
+    finally:
+        decided.set()
+        close_late_winners()  # before killall switches away: nothing is left behind if it is interrupted
+        gevent.killall(attempts)  # each closes its socket (_attempt)
+        close_late_winners()
