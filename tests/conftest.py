@@ -1,7 +1,10 @@
 """Shared test settings: timeouts by role, and gtcp's own pytest plugin.
 
 Timeouts by role (urllib3's convention): SHORT when something must time out,
-LONG when it must not.
+LONG when it must not, PROCESS when it must not and waits on a child
+interpreter (its start-up, a stop). Every test file takes them from here;
+``helpers`` holds the shared services, paths, ``wait_until`` and
+``child_env`` (the environment of a child that imports this checkout).
 
 The fixtures are the ones gtcp ships to its users (``gtcp.testing`` through
 the plugin ``_gtcp_pytest_plugin``): ``gtcp_listener``, ``gtcp_client``,
@@ -19,6 +22,7 @@ import pytest
 
 SHORT = 0.2
 LONG = 10.0
+PROCESS = 20.0
 
 #: The gevent deadline of tests marked ``stress`` (run with ``-m stress``).
 STRESS_DEADLINE = 540.0

@@ -7,15 +7,29 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
+from conftest import LONG
 from gevent.event import Event
 from gevent.queue import Queue
 
 import gtcp
+
+T = TypeVar("T")
+
+#: The repository (this checkout), its tests, examples and benchmarks.
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+EXAMPLES = ROOT / "examples"
+BENCHMARKS = ROOT / "benchmarks"
+
+#: The TLS versions every TLS behaviour is tested with (pytest ids: the names).
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 
 
 class Echo(gtcp.ConnectionService):
@@ -53,15 +67,22 @@ class EchoService(gtcp.Service):
         return service
 
 
-def read_exactly(client: gtcp.Client, size: int) -> bytes:
-    """Read until *size* bytes came (several reads), or fail."""
-    parts = []
-    got = 0
-    while got < size:
-        chunk = client.read_bytes()
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
+def wait_until(condition: Callable[[], T], what: str = "the condition", timeout: float = LONG,
+               interval: float = 0.001) -> T:
+    """Poll *condition* until it returns something true, and return that; fail after *timeout* s.
+
+    Other greenlets run between the polls (``gevent.sleep(interval)``). For
+    a state that nothing signals (a count, a socket queue, a child process);
+    wait on an event where there is one.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        gevent.sleep(interval)
 
 
 def raw_connect(port: int, host: str = "127.0.0.1") -> Any:
@@ -105,14 +126,22 @@ def run_script(
         source = ECHO_PRELUDE + source
     if patch:
         source = "from gevent import monkey\nmonkey.patch_all()\n" + source
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-c", source], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=child_env())
 
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+def child_env(*paths: Path | str, **extra: str) -> dict[str, str]:
+    """This process's environment for a child interpreter that imports this checkout's gtcp.
+
+    ``PYTHONPATH`` is the repository (gtcp need not be installed), then
+    *paths*, then what it was; systemd's ``LISTEN_*`` variables are never
+    passed on (a child would take them for sockets of its own); *extra*
+    variables are set last.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LISTEN_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), *map(str, paths), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
 
 
 def load_example(name: str) -> ModuleType:

@@ -6,12 +6,10 @@ benchmarks/run.py``); these only keep the scripts from rotting.
 
 from __future__ import annotations
 
-import os
 import signal
 import ssl
 import subprocess
 import sys
-from pathlib import Path
 
 import gevent
 import gevent.socket
@@ -19,15 +17,14 @@ import gevent.ssl
 import pytest
 import trustme
 from conftest import LONG
+from helpers import BENCHMARKS, child_env
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = BENCHMARKS
 SERVERS = ["echo_server.py", "raw_gevent_echo.py", "asyncio_echo.py"]
 
 
 def _start(script: str, *args: str) -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH.parent), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, str(BENCH / script), "0", *args], cwd=BENCH, env=env,
+    proc = subprocess.Popen([sys.executable, str(BENCH / script), "0", *args], cwd=BENCH, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # "READY <port>"

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 from conftest import LONG
+from helpers import BENCHMARKS, child_env
 
 import gtcp
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = BENCHMARKS
 sys.path.insert(0, str(BENCH))
 
 import _harness  # noqa: E402  (benchmarks/ is not a package)
@@ -48,10 +49,7 @@ def _missing(name: str) -> str | None:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH.parent), str(BENCH), env.get("PYTHONPATH")]))
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+    return child_env(BENCH, PYTHONDONTWRITEBYTECODE="1")
 
 
 class Proc:

@@ -13,11 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "stats_cost.py"
 
 
@@ -32,6 +31,7 @@ def _have_history() -> bool:
                     reason="valgrind (with vgdb) is not installed")
 @pytest.mark.skipif(shutil.which("git") is None or not _have_history(), reason="no git history of gtcp/")
 def test_stats_cost_tiny_run_counts_instructions(tmp_path):
+    # Not helpers.child_env(): the script puts each exported revision's gtcp first on PYTHONPATH itself.
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--revs", "HEAD", "--cases", "echo64", "--split-seconds", "0",

@@ -17,7 +17,7 @@ import gevent
 import pytest
 from conftest import LONG
 from gevent import monkey
-from helpers import run_script
+from helpers import run_script, wait_until
 
 import gtcp
 from gtcp import _watchdog
@@ -66,15 +66,6 @@ def no_watchdog_yet() -> None:
         pytest.skip("a listener of another test still runs the watchdog")
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = LONG) -> None:
-    """Poll *condition* (letting other greenlets run) until it holds, or fail after *timeout*."""
-    deadline = gevent.get_hub().loop.now() + timeout
-    while not condition():
-        if gevent.get_hub().loop.now() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        gevent.sleep(0.01)
-
-
 def heartbeats(count: int) -> None:
     """Wait until the current hub's heartbeat has run *count* more times."""
     watch = _watchdog._watches[gevent.get_hub()]
@@ -85,7 +76,7 @@ def heartbeats(count: int) -> None:
             seen.append(watch.beat)
         return len(seen) > count
 
-    wait_for(beaten, f"{count} heartbeats")
+    wait_until(beaten, f"{count} heartbeats")
 
 
 class Blocking(gtcp.ConnectionService):
@@ -132,7 +123,7 @@ def test_a_blocking_callback_logs_one_warning_naming_service_connection_and_line
     listener = serve(service, slow_callback_warning=0.3)
     try:
         client = ask(listener, 0.8)
-        wait_for(records.warnings, "the warning")
+        wait_until(records.warnings, "the warning")
         heartbeats(2)  # the episode is over: a second warning would be there by now
     finally:
         listener.immediate_stop()
@@ -171,7 +162,7 @@ def test_blocking_outside_callbacks_names_where(records):
 
     try:
         gevent.spawn(own_greenlet).join()
-        wait_for(records.warnings, "the warning")
+        wait_until(records.warnings, "the warning")
         heartbeats(2)
     finally:
         listener.immediate_stop()
@@ -190,7 +181,7 @@ def test_a_block_that_goes_on_is_logged_while_it_lasts(records):
     listener = serve(service, slow_callback_warning=0.05)
     try:
         ask(listener, 0.05 * _watchdog.STUCK_FACTOR + 0.4).close()
-        wait_for(records.infos, "the INFO line of the block's end")
+        wait_until(records.infos, "the INFO line of the block's end")
         heartbeats(2)
     finally:
         listener.immediate_stop()
@@ -226,8 +217,8 @@ def test_one_thread_for_all_listeners_gone_after_the_last_stops(no_watchdog_yet)
     try:
         ident = _watchdog.running_thread()
         assert ident is not None
-        wait_for(lambda: ident in sys._current_frames(), "the watchdog thread to run")
-        wait_for(lambda: watchdog_threads() == [ident], "the one watchdog thread to wait")
+        wait_until(lambda: ident in sys._current_frames(), "the watchdog thread to run")
+        wait_until(lambda: watchdog_threads() == [ident], "the one watchdog thread to wait")
         watch = _watchdog._watches[gevent.get_hub()]
         assert watch.threshold == 0.3  # the smallest threshold applies to the hub
         second.immediate_stop()
@@ -238,7 +229,7 @@ def test_one_thread_for_all_listeners_gone_after_the_last_stops(no_watchdog_yet)
         second.immediate_stop()
     assert _watchdog.running_thread() is None
     assert gevent.get_hub() not in _watchdog._watches
-    wait_for(lambda: ident not in sys._current_frames() and not watchdog_threads(), "the thread to end")
+    wait_until(lambda: ident not in sys._current_frames() and not watchdog_threads(), "the thread to end")
     # and a later start starts a new one
     again = serve(BlockingService())
     try:

@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.subprocess
 import pytest
 import trustme
+from conftest import LONG, PROCESS
+from helpers import ROOT, child_env
 
 import gtcp
 from gtcp.__main__ import main
 
-ROOT = Path(__file__).resolve().parent.parent
-
-#: Seconds a subprocess may take (it starts Python and gevent: about 0.3 s).
-LONG = 30.0
-
 #: The Ballerina spec's client message (section 6).
 MESSAGE = "Hello Ballerina Echo from client"
-
-
-@pytest.fixture(autouse=True)
-def _gevent_deadline() -> Iterator[None]:
-    """A readable failure before pytest-timeout's backstop."""
-    with gevent.Timeout(55, AssertionError("test ran over 55 s")):
-        yield
 
 
 def gtcp_command(*args: str) -> list[str]:
@@ -41,16 +29,13 @@ def gtcp_command(*args: str) -> list[str]:
 
 def environment() -> dict[str, str]:
     """This environment, with the project importable (it need not be installed)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return child_env(PYTHONUNBUFFERED="1")
 
 
 def run(*args: str) -> Any:
     """Run ``python -m gtcp ARGS`` to its end; the CompletedProcess."""
     return gevent.subprocess.run(gtcp_command(*args), cwd=ROOT, env=environment(),
-                                 capture_output=True, text=True, timeout=LONG)
+                                 capture_output=True, text=True, timeout=PROCESS)
 
 
 @pytest.fixture
@@ -132,7 +117,7 @@ def serve_echo_then_interrupt(server_args: list[str], send_args: list[str], text
         env=environment(), stdout=gevent.subprocess.PIPE, stderr=gevent.subprocess.PIPE, text=True,
     )
     try:
-        with gevent.Timeout(LONG, AssertionError("the echo server printed no first line")):
+        with gevent.Timeout(PROCESS, AssertionError("the echo server printed no first line")):
             first = server.stdout.readline()
         listening = re.fullmatch(r"Echo server listening on 127\.0\.0\.1:(\d+)( \(TLS\))?\n", first)
         assert listening is not None, first + server.stderr.read()
@@ -142,7 +127,7 @@ def serve_echo_then_interrupt(server_args: list[str], send_args: list[str], text
         assert (done.returncode, done.stdout, done.stderr) == (0, f"{text}\n", "")
 
         server.send_signal(signal.SIGINT)
-        out, err = server.communicate(timeout=LONG)
+        out, err = server.communicate(timeout=PROCESS)
     finally:
         if server.poll() is None:
             server.kill()
@@ -174,7 +159,7 @@ class EchoServer:
         self.port = int(listening[1])
 
     def next_line(self) -> str:
-        with gevent.Timeout(LONG, AssertionError(f"no more output after {self.lines}")):
+        with gevent.Timeout(PROCESS, AssertionError(f"no more output after {self.lines}")):
             line = self.proc.stdout.readline()
         assert line, f"output ended after {self.lines}"
         self.lines.append(line.rstrip("\n"))
@@ -185,7 +170,7 @@ class EchoServer:
             pass
 
     def finish(self) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=LONG)
+        out, err = self.proc.communicate(timeout=PROCESS)
         self.lines.extend(out.splitlines())
         return self.proc.returncode, "\n".join(self.lines), err
 

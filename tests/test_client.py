@@ -8,16 +8,14 @@ import socket
 import gevent
 import pytest
 from conftest import LONG, SHORT
-from helpers import EchoService, read_exactly, run_script
+from helpers import EchoService, run_script, wait_until
 
 import gtcp
 
 
 def _until_reading(client):
     """Yield until a greenlet is blocked reading on *client* (with a deadline)."""
-    with gevent.Timeout(LONG):
-        while not client._stream.reading:
-            gevent.sleep(0)
+    wait_until(lambda: client._stream.reading, "a greenlet blocked reading")
 
 
 def _closing_service():
@@ -198,7 +196,7 @@ def test_Client_read_and_write_in_two_greenlets_both_complete(gtcp_listener):
     listener = gtcp_listener(EchoService())
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     payload = b"q" * (4 * 1024 * 1024)
-    reader = gevent.spawn(read_exactly, client, len(payload))
+    reader = gevent.spawn(client.read_exactly, len(payload))
     writer = gevent.spawn(client.write_bytes, payload)
     assert writer.get(timeout=LONG) is None
     assert reader.get(timeout=LONG) == payload
@@ -210,7 +208,7 @@ def test_Client_concurrent_writes_never_interleave(gtcp_listener):
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
     size = 1024 * 1024
     blocks = [bytes([65 + i]) * size for i in range(4)]
-    reader = gevent.spawn(read_exactly, client, 4 * size)
+    reader = gevent.spawn(client.read_exactly, 4 * size)
     writers = [gevent.spawn(client.write_bytes, block) for block in blocks]
     gevent.joinall(writers, raise_error=True, timeout=LONG)
     data = reader.get(timeout=LONG)
@@ -281,7 +279,7 @@ def test_Client_write_rejects_non_bytes(gtcp_listener):
             client.write_bytes("text")  # type: ignore[arg-type]
         client.write_bytes(bytearray(b"ba"))
         client.write_bytes(memoryview(b"mv"))
-        assert read_exactly(client, 4) == b"bamv"
+        assert client.read_exactly(4) == b"bamv"
 
 
 def test_Client_tls_is_none_on_plain_tcp(gtcp_listener):

@@ -17,29 +17,17 @@ from typing import Any
 import gevent
 import gevent.socket
 import pytest
+from conftest import LONG
 from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 from helpers import load_example
 
 import gtcp
 
-#: Seconds something that must happen may take (loopback: it takes ms).
-LONG = 10.0
-
-
-
-
 echo_server = load_example("echo_server")
 echo_client = load_example("echo_client")
 http_over_tcp = load_example("http_over_tcp")
 chat_server = load_example("chat_server")
-
-
-@pytest.fixture(autouse=True)
-def _gevent_deadline() -> Iterator[None]:
-    """A readable failure before pytest-timeout's backstop."""
-    with gevent.Timeout(45, AssertionError("test ran over 45 s")):
-        yield
 
 
 @pytest.fixture

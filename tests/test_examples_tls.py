@@ -19,17 +19,13 @@ from typing import Any
 import gevent
 import pytest
 import trustme
+from conftest import LONG
 from gevent.event import AsyncResult, Event
-from helpers import load_example
+from helpers import TLS_VERSIONS, load_example
 
 import gtcp
 
 #: Seconds something that must happen may take (loopback: it takes ms).
-LONG = 10.0
-
-VERSIONS = ["TLSv1.2", "TLSv1.3"]
-
-
 
 
 tls_echo_server = load_example("tls_echo_server")
@@ -82,7 +78,7 @@ def mtls_certs(tmp_path: Path) -> Any:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_tls_echo_client_and_server_echo_the_sample_message(
     secure_echo_server: int, trustme_dir: Path, version: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,7 +138,7 @@ def test_mtls_echo_main_uses_certificates_from_the_trustme_command(tmp_path: Pat
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_mtls_echo_exchange_over_each_tls_version(mtls_certs: Any, version: str) -> None:
     listener = mtls_echo.start(mtls_certs, "127.0.0.1", 0)
     try:
@@ -168,7 +164,7 @@ def test_mtls_echo_exchange_waits_for_the_whole_echo(mtls_certs: Any) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_mtls_echo_listener_refuses_a_client_without_a_certificate(
     mtls_certs: Any, version: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,7 @@ import pytest
 from conftest import LONG
 from gevent.event import Event
 from gevent.queue import Queue
+from helpers import ROOT, child_env, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -197,9 +198,7 @@ class Netstring(gtcp.Codec):             # b"5:hello,"  (the README's example, v
 
 
 def test_readme_codec_example_is_the_tested_one():
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     source = _source_of(Netstring).split("  (the README")[0]
     assert source in readme
     body = _source_of(Netstring).split("\n", 1)[1]
@@ -496,19 +495,13 @@ def test_Listener_frames_split_at_every_byte_boundary(gtcp_listener, tls):
         for cut in range(1, len(wire)):
             client.write_bytes(wire[:cut])
             left = _pending(wire, cut, codec)
-            _until(lambda left=left: conn.stream.reading and conn.stream.buffered == left)
+            wait_until(lambda left=left: conn.stream.reading and conn.stream.buffered == left)
             client.write_bytes(wire[cut:])
             assert client.read_exactly(len(wire)) == wire, cut
 
 
 def _pending(wire: bytes, cut: int, codec: Any) -> int:
     return len(decode_all(codec, [wire[:cut]])[1])
-
-
-def _until(condition, limit: float = LONG) -> None:
-    with gevent.Timeout(limit, AssertionError("condition not reached")):
-        while not condition():
-            gevent.sleep(0.001)
 
 
 # -- the client ----------------------------------------------------------------------
@@ -641,7 +634,7 @@ def test_Client_frames_split_at_every_byte_boundary(raw_server):
             reader = gevent.spawn(lambda: [client.read_frame(), client.read_frame()])
             conn.sendall(wire[:cut])
             # The client has read the first part and waits for more.
-            _until(lambda cut=cut: stream.reading and stream.buffered == _pending(wire, cut, codec))
+            wait_until(lambda cut=cut: stream.reading and stream.buffered == _pending(wire, cut, codec))
             conn.sendall(wire[cut:])
             assert reader.get(timeout=LONG) == [b"first line", b"second"], cut
     conn.close()
@@ -674,7 +667,7 @@ def test_Listener_descriptor_closed_under_waiting_read_ends_silently(gtcp_listen
         client.write_bytes(b"x")
         assert client.read_bytes() == b"x"
         (conn,) = listener._run.connections
-        _until(lambda: conn.stream.reading)
+        wait_until(lambda: conn.stream.reading)
         conn.stream.gsock.close()  # under the waiting read, not through the stream
         assert rec.closed.wait(LONG)
     assert rec.errors == []
@@ -711,7 +704,7 @@ def test_on_connect_returning_none_warns_once_per_service_class(gtcp_listener, g
     for _ in range(3):
         with _client(listener, {}) as client:
             client.write_bytes(b"y" * 100_000)  # no newline: discarded raw, never a FrameTooLongError
-    _until(lambda: not listener._run.connections)
+    wait_until(lambda: not listener._run.connections)
     warnings = [r for r in gtcp_log.records if "on_connect returned None" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert "Forgetful" in warnings[0].getMessage()
@@ -767,14 +760,11 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 def test_Listener_a_gigabyte_without_newline_keeps_memory_flat(tmp_path):
-    import os
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root)
     server = subprocess.Popen([sys.executable, "-c", FLOOD_SERVER], stdout=subprocess.PIPE,
-                              text=True, env=env)
+                              text=True, env=child_env())
     try:
         port = int(server.stdout.readline())
         with gtcp.Client("127.0.0.1", port, timeout=LONG) as probe:  # warm the server up

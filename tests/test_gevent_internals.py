@@ -21,14 +21,13 @@ import gevent.ssl
 import greenlet
 import pytest
 import trustme
+from conftest import LONG
 from gevent import Timeout, get_hub, getcurrent
 from gevent.baseserver import BaseServer
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from gtcp._io import READ, WRITE, switch_to
-
-LONG = 10.0
 
 
 def pinned(obj: object, name: str, used_by: str, library: str = f"gevent {gevent.__version__}") -> Any:

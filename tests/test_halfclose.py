@@ -13,6 +13,7 @@ from conftest import LONG
 from gevent import ssl as gssl
 from gevent.event import Event
 from gevent.queue import Queue
+from helpers import TLS_VERSIONS, wait_until
 
 import gtcp
 
@@ -23,10 +24,7 @@ def pki(gtcp_tls) -> dict[str, str]:
     return {"ca": gtcp_tls.ca_file, "cert": gtcp_tls.cert_file, "key": gtcp_tls.key_file}
 
 
-VERSIONS = ["TLSv1.2", "TLSv1.3"]
-
-
-@pytest.fixture(params=["plain", *VERSIONS])
+@pytest.fixture(params=["plain", *TLS_VERSIONS])
 def layer(request, pki) -> tuple[dict[str, Any], dict[str, Any]]:
     """(listener options, client options): plain TCP, TLS 1.2 or TLS 1.3."""
     if request.param == "plain":
@@ -316,7 +314,7 @@ def _ssl_server(pki: dict[str, str], version: str, behaviour: Any) -> tuple[int,
     return listening.getsockname()[1], gevent.spawn(run), listening
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_halfclose_client_against_python_ssl_replying_after_close_notify(pki, version):
     def behaviour(tls: Any) -> bytes:
         got = b""
@@ -342,7 +340,7 @@ def test_halfclose_client_against_python_ssl_replying_after_close_notify(pki, ve
         listening.close()
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_halfclose_listener_against_python_ssl_client_sending_after_close_notify(gtcp_listener, pki, version):
     received: Queue = Queue()
 
@@ -422,7 +420,7 @@ def test_halfclose_openssl_s_client_ends_the_connection_at_our_close_notify(gtcp
     assert closed.wait(LONG)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_halfclose_send_eof_while_the_peer_is_still_sending_loses_nothing(pki, version):
     """Our close_notify goes out while the peer's data is in flight (in the socket and
     in our TLS buffers): every byte still arrives, in order (20 rounds)."""
@@ -464,17 +462,11 @@ def test_halfclose_send_eof_waits_for_a_write_in_progress(gtcp_listener, layer):
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG, write_timeout=LONG, **copts) as client:
         writer = gevent.spawn(client.write_bytes, b"w" * size)
         stream = client._stream
-        _wait_until(lambda: stream.wlock is not None and stream.wlock.locked())  # blocked, buffer full
+        wait_until(lambda: stream.wlock is not None and stream.wlock.locked())  # blocked, buffer full
         client.send_eof()
         writer.get(timeout=LONG)
         assert client.read_line() == b"%d bytes\n" % size
     assert events.get(timeout=LONG) == "eof"
-
-
-def _wait_until(condition: Any) -> None:
-    with gevent.Timeout(LONG, AssertionError("condition not reached")):
-        while not condition():
-            gevent.sleep(0.001)
 
 
 def test_halfclose_tls13_client_that_only_wrote_saves_its_session_at_close(gtcp_listener, pki):

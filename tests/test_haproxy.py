@@ -30,7 +30,9 @@ import gevent
 import gevent.socket
 import pytest
 import trustme
+from conftest import LONG, PROCESS
 from gevent import subprocess
+from helpers import TESTS, child_env
 
 import gtcp
 
@@ -39,17 +41,6 @@ pytestmark = pytest.mark.skipif(
     HAPROXY is None,
     reason="haproxy is not installed and could not be (as root: apt-get install -y haproxy; .ci/run does it)",
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-LONG = 20.0
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
-
 
 class Serve:
     """A ``python -m gtcp serve`` process (its own session, killed at teardown)."""
@@ -62,7 +53,7 @@ class Serve:
         )
         self.stderr_lines: list[str] = []
         self._stderr = gevent.spawn(self._read_stderr)
-        with gevent.Timeout(LONG, AssertionError("gtcp serve printed no start line")):
+        with gevent.Timeout(PROCESS, AssertionError("gtcp serve printed no start line")):
             assert self.proc.stdout is not None
             line = self.proc.stdout.readline()
         match = re.search(r"listening on \S+:(\d+)", line)
@@ -77,9 +68,9 @@ class Serve:
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
-    def wait(self, timeout: float = LONG) -> int:
+    def wait(self, timeout: float = PROCESS) -> int:
         code = self.proc.wait(timeout=timeout)
-        self._stderr.join(timeout=LONG)
+        self._stderr.join(timeout=PROCESS)
         return code
 
     def kill(self) -> None:
@@ -88,7 +79,7 @@ class Serve:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.proc.wait(timeout=LONG)
+            self.proc.wait(timeout=PROCESS)
         self._stderr.kill()
 
 
@@ -127,7 +118,7 @@ backend be
 
     def server_state(self) -> dict[str, str]:
         """The backend server's row of ``show stat`` (status, check_status, ...)."""
-        with gevent.Timeout(LONG):
+        with gevent.Timeout(PROCESS):
             while True:
                 try:
                     sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -152,7 +143,7 @@ backend be
         raise AssertionError(f"no backend row in {lines}")
 
     def wait_up(self) -> dict[str, str]:
-        with gevent.Timeout(LONG, AssertionError("HAProxy never saw the gtcp server UP")):
+        with gevent.Timeout(PROCESS, AssertionError("HAProxy never saw the gtcp server UP")):
             while True:
                 row = self.server_state()
                 if row.get("status") in ("UP", "no check"):  # "no check": no health checks configured
@@ -163,10 +154,10 @@ backend be
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=LONG)
+                self.proc.wait(timeout=PROCESS)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(timeout=LONG)
+                self.proc.wait(timeout=PROCESS)
         self.frontend.close()
 
 
@@ -176,7 +167,7 @@ def stack(tmp_path: Path) -> Iterator[Any]:
     started: list[Any] = []
 
     def start(serve_args: list[str], server_options: str, **env: str) -> tuple[Serve, HAProxy]:
-        server = Serve(serve_args, _env(**env))
+        server = Serve(serve_args, child_env(TESTS, **env))
         started.append(server)
         proxy = HAProxy(tmp_path, server.port, server_options)
         started.append(proxy)
@@ -220,7 +211,7 @@ def test_a_proxy_outside_trusted_proxies_is_refused(stack):
     server, proxy = stack(["--proxy-protocol", "v2", "--trusted-proxies", "10.0.0.0/8"], "send-proxy-v2")
     with pytest.raises(gtcp.PeerClosedError):
         _request(proxy.port, "refused")
-    with gevent.Timeout(LONG, AssertionError(f"no log line; stderr: {server.stderr_lines}")):
+    with gevent.Timeout(PROCESS, AssertionError(f"no log line; stderr: {server.stderr_lines}")):
         while not any("not a trusted proxy" in line for line in server.stderr_lines):
             gevent.sleep(0.02)
 
@@ -228,7 +219,7 @@ def test_a_proxy_outside_trusted_proxies_is_refused(stack):
 def test_health_checks_are_answered_and_quiet(stack):
     server, proxy = stack(["--workers", "2", "--proxy-protocol", "v2", "--log-level", "debug"],
                           "send-proxy-v2 check check-send-proxy inter 100ms rise 1 fall 2")
-    with gevent.Timeout(LONG, AssertionError("no health check completed")):
+    with gevent.Timeout(PROCESS, AssertionError("no health check completed")):
         while True:
             row = proxy.server_state()
             if row["check_status"] == "L4OK" and int(row.get("chkfail") or 0) == 0 and \
@@ -265,14 +256,14 @@ class Load:
 
     def wait_for(self, count: int) -> None:
         target = len(self.replied) + count
-        with gevent.Timeout(LONG, AssertionError(f"load stalled: {len(self.replied)} replies, "
+        with gevent.Timeout(PROCESS, AssertionError(f"load stalled: {len(self.replied)} replies, "
                                                  f"failures {self.failures[:3]}")):
             while len(self.replied) < target:
                 gevent.sleep(0.01)
 
     def stop(self) -> None:
         self.running = False
-        gevent.joinall(self.greenlets, timeout=LONG)
+        gevent.joinall(self.greenlets, timeout=PROCESS)
 
 
 def _worker_pids(load: Load, since: int = 0) -> set[int]:
@@ -291,7 +282,7 @@ def test_reload_and_stop_under_load(stack, tmp_path):
         old = _worker_pids(load)
         server.signal(signal.SIGHUP)
         # The new generation serves, the old one drained: replies come from new pids only.
-        with gevent.Timeout(LONG, AssertionError("the reload never completed")):
+        with gevent.Timeout(PROCESS, AssertionError("the reload never completed")):
             while True:
                 mark = len(load.replied)
                 load.wait_for(30)

@@ -8,7 +8,7 @@ import socket
 import gevent
 import pytest
 from conftest import LONG, SHORT
-from helpers import Echo, EchoService, raw_connect, read_exactly
+from helpers import Echo, EchoService, raw_connect
 
 import gtcp
 
@@ -335,7 +335,6 @@ def test_Listener_write_timeout_ends_peer_that_never_reads(gtcp_listener):
     # Backpressure held: no more than the kernel buffers took was accepted.
     assert sent < 64 * 1024 * 1024
     sock.close()
-    _ = read_exactly
 
 
 def _drain(queue):

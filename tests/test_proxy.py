@@ -17,16 +17,15 @@ import struct
 import gevent
 import gevent.socket
 import pytest
+from conftest import LONG
 from gevent.queue import Queue
-from helpers import recv_all
+from helpers import recv_all, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gtcp
 from gtcp import _dispatch
 from gtcp._proxy import V2_SIGNATURE, BadHeader, ProxyInfo, decode, encode_v1, encode_v2
-
-LONG = 10.0
 
 # -- the parser ------------------------------------------------------------------
 
@@ -429,9 +428,7 @@ def test_connection_closed_without_a_byte_is_one_info_line(gtcp_listener, gtcp_l
 
 
 def _wait_closed(listener: gtcp.Listener, count: int) -> None:
-    with gevent.Timeout(LONG):
-        while listener.stats().closed < count:
-            gevent.sleep(0.005)
+    wait_until(lambda: listener.stats().closed >= count, f"{count} closed connection(s)")
 
 
 def test_header_deadline(gtcp_listener, gtcp_log, monkeypatch, tls_files):

@@ -9,18 +9,16 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from helpers import EXAMPLES
+from conftest import LONG
+from helpers import EXAMPLES, child_env
 
 redis = pytest.importorskip("redis")
-
-LONG = 10.0
 
 
 @pytest.fixture(scope="module")
 def resp_port() -> Iterator[int]:
-    env = dict(os.environ, PYTHONPATH=str(EXAMPLES.parent))
     server = subprocess.Popen([sys.executable, str(EXAMPLES / "resp_server.py"), "--port", "0"],
-                              stdout=subprocess.PIPE, text=True, env=env)
+                              stdout=subprocess.PIPE, text=True, env=child_env())
     try:
         assert server.stdout is not None
         word, port = server.stdout.readline().split()

@@ -19,7 +19,7 @@ from conftest import LONG
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509 import load_pem_x509_certificate
-from helpers import EchoService, raw_connect
+from helpers import TLS_VERSIONS, EchoService, raw_connect
 
 import gtcp
 
@@ -62,9 +62,6 @@ def pki(ca, tmp_path_factory):
     return {name: str(path) for name, path in files.items()}
 
 
-VERSIONS = ["TLSv1.2", "TLSv1.3"]
-
-
 def _listener_tls(pki, version=None, **fields):
     protocol = gtcp.ProtocolConfig(name=gtcp.Protocol.TLS, versions=[version]) if version else None
     return gtcp.ListenerSecureSocket(
@@ -85,7 +82,7 @@ def _echo_once(port, secure, host="localhost", message=b"Hello Ballerina Echo fr
         return client.tls
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_secure_client_echo_with_cert_file(gtcp_listener, pki, version):
     listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, version))
     info = _echo_once(listener.port, _client_tls(pki))
@@ -94,7 +91,7 @@ def test_secure_client_echo_with_cert_file(gtcp_listener, pki, version):
     assert info.peer_certificate["subjectAltName"]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_secure_client_echo_with_truststore(gtcp_listener, pki, version):
     listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, version))
     store = gtcp.TrustStore(path=pki["truststore"], password="ballerina")
@@ -227,7 +224,7 @@ def test_secure_blank_fields_messages():
         assert str(info.value) == message
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_secure_hostname_is_verified(gtcp_listener, pki, version):
     listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, version))
     wrong = _client_tls(pki, server_name="not-the-server.example")
@@ -252,7 +249,7 @@ def test_secure_system_trust_store_rejects_private_ca(gtcp_listener, pki):
         gtcp.Client("localhost", listener.port, secure_socket=gtcp.ClientSecureSocket())
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_secure_mutual_tls_require(gtcp_listener, pki, version):
     service = EchoService()
     secure = _listener_tls(pki, version, mutual_ssl=gtcp.MutualSsl(cert=pki["ca"]))
@@ -317,7 +314,7 @@ def test_secure_handshake_timeout_cuts_silent_and_trickling_clients(gtcp_listene
     assert timeouts and all(r.exc_info is None for r in timeouts)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_secure_session_resumption(gtcp_listener, pki, version):
     listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, version))
     secure = _client_tls(pki, session_timeout=60)
@@ -339,7 +336,7 @@ def test_secure_session_not_resumed_after_session_timeout(gtcp_listener, pki, mo
     assert _echo_once(listener.port, secure).session_reused is False
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_secure_close_sends_close_notify(gtcp_listener, pki, version):
     """The client's close() sends close_notify: the server sees a clean TLS EOF."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

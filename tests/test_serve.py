@@ -10,6 +10,7 @@ and poll for conditions under a deadline. The targets are in
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -30,19 +31,12 @@ import gevent.socket
 import gevent.subprocess
 import pytest
 import trustme
+from conftest import LONG, PROCESS
+from helpers import ROOT, TESTS, child_env, wait_until
 
 import gtcp
 from gtcp.__main__ import _parser
 from gtcp._serve import COUNTERS, metrics_text
-
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-
-#: Seconds a step that must not take long may take (a start is about 0.5 s).
-LONG = 20.0
-
-#: Seconds a client operation may take.
-IO = 5.0
 
 START_LINE = re.compile(
     r"gtcp serve: listening on (?P<where>.+?) \((?P<tls>TLS, )?(?P<workers>\d+) workers?\)"
@@ -50,25 +44,14 @@ START_LINE = re.compile(
 )
 
 
-def until(condition: Callable[[], Any], what: str, timeout: float = LONG, interval: float = 0.02) -> Any:
-    """Poll *condition* until it returns something true (returned), or fail after *timeout*."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        gevent.sleep(interval)
+#: Polls a served child (a process group, its log, an HTTP scrape): PROCESS seconds, every 20 ms.
+until = functools.partial(wait_until, timeout=PROCESS, interval=0.02)
 
 
 def environment(folder: Path, *paths: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LISTEN_")}
-    env["PYTHONPATH"] = os.pathsep.join(map(str, [ROOT, TESTS, *paths]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a module rewritten within a second is read again
-    env["SERVE_TARGETS_DIR"] = str(folder)
-    return env
+    # No bytecode: a module rewritten within a second is read again.
+    return child_env(TESTS, *paths, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1",
+                     SERVE_TARGETS_DIR=str(folder))
 
 
 def group_alive(pgid: int) -> bool:
@@ -100,7 +83,7 @@ class Served:
 
     def listening(self) -> Served:
         """Read the start line: where it listens, the metrics port."""
-        with gevent.Timeout(LONG, AssertionError("no start line")):
+        with gevent.Timeout(PROCESS, AssertionError("no start line")):
             line = self.proc.stdout.readline()
         match = START_LINE.fullmatch(line)
         assert match is not None, (line, self.stderr)
@@ -114,19 +97,19 @@ class Served:
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
-    def wait(self, timeout: float = LONG) -> int:
+    def wait(self, timeout: float = PROCESS) -> int:
         """Wait for the exit (and all of stderr); the exit status."""
         with gevent.Timeout(timeout, AssertionError(f"still running after {timeout} s: {self.stderr}")):
             code: int = self.proc.wait()
             self._reader.join()
         return code
 
-    def finish(self, timeout: float = LONG) -> tuple[int, str, list[str]]:
+    def finish(self, timeout: float = PROCESS) -> tuple[int, str, list[str]]:
         """Exit status, the rest of stdout, stderr lines; and nothing of the group left running."""
         with gevent.Timeout(timeout, AssertionError(f"still running after {timeout} s: {self.stderr}")):
             out = self.proc.stdout.read()
         code = self.wait(timeout)
-        until(lambda: not group_alive(self.pgid), "every process of the server to exit", timeout=IO)
+        until(lambda: not group_alive(self.pgid), "every process of the server to exit", timeout=LONG)
         return code, out, self.stderr
 
     def kill(self) -> None:
@@ -161,15 +144,15 @@ def run_serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
 
 
 class Line:
-    """A line-framed client connection (gevent socket, IO-second timeouts)."""
+    """A line-framed client connection (gevent socket, LONG-second timeouts)."""
 
     def __init__(self, port: int = 0, unix: str | None = None) -> None:
         if unix is not None:
             self.sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(IO)
+            self.sock.settimeout(LONG)
             self.sock.connect(unix)
         else:
-            self.sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=IO)
+            self.sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=LONG)
         self.file = self.sock.makefile("rb")
 
     def ask(self, text: str) -> str:
@@ -224,7 +207,7 @@ def events(tmp_path: Path) -> list[str]:
 
 def scrape(port: int) -> dict[str, int]:
     """GET /metrics: the value of each sample (checking the HELP and TYPE lines)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=IO) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=LONG) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
     values: dict[str, int] = {}
@@ -513,7 +496,7 @@ class Loop:
 
     def stop(self) -> None:
         self.running = False
-        gevent.joinall(self.jobs, timeout=IO)
+        gevent.joinall(self.jobs, timeout=LONG)
 
 
 def test_serve_sighup_reloads_fresh_code_without_a_failed_connection(
@@ -578,7 +561,7 @@ def tls_ask(port: int, ca: str) -> bool:
     """True if a TLS client trusting *ca* gets an echo; False if the handshake fails."""
     secure = gtcp.ClientSecureSocket(cert=ca)
     try:
-        with gtcp.Client("127.0.0.1", port, secure_socket=secure, timeout=IO, connect_timeout=IO,
+        with gtcp.Client("127.0.0.1", port, secure_socket=secure, timeout=LONG, connect_timeout=LONG,
                          framing=gtcp.Lines()) as client:
             client.write_bytes(b"tls\n")
             return client.read_frame().endswith(b" tls")
@@ -656,7 +639,7 @@ def test_serve_unix_socket_with_a_class_target_and_len4_framing(
     assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
     sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(IO)
+        sock.settimeout(LONG)
         sock.connect(str(path))
         sock.sendall(struct.pack(">I", 5) + b"unix!")
         reply = b""
@@ -685,7 +668,7 @@ def test_serve_metrics_sum_the_workers_and_never_go_down(run_serve: Callable[...
                           "gtcp_workers", "gtcp_worker_restarts_total"}
     assert first["gtcp_accepted_total"] == 0 and first["gtcp_workers"] == 2
     with pytest.raises(urllib.error.HTTPError) as not_found:
-        urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/other", timeout=IO)
+        urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/other", timeout=LONG)
     assert not_found.value.code == 404
 
     sent = received = 0

@@ -8,19 +8,16 @@ one is still served, and its ``on_close`` runs before the process ends.
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-LONG = 20.0
+from conftest import PROCESS
+from helpers import child_env
 
 SERVER = """
 import sys, gtcp
@@ -51,9 +48,8 @@ else:
 
 
 def _start(graceful: float) -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SERVER), str(graceful)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
 
@@ -65,10 +61,10 @@ def _echo(sock: socket.socket, data: bytes) -> bytes:
 
 def _wait_refused(port: int) -> None:
     """Poll until the listener no longer accepts (the signal was handled)."""
-    deadline = time.monotonic() + LONG
+    deadline = time.monotonic() + PROCESS
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=LONG).close()
+            socket.create_connection(("127.0.0.1", port), timeout=PROCESS).close()
         except OSError as exc:
             assert exc.errno == errno.ECONNREFUSED, exc
             return
@@ -79,15 +75,15 @@ def _wait_refused(port: int) -> None:
 @pytest.mark.parametrize(("signum", "ending"), [(signal.SIGINT, "KeyboardInterrupt"),
                                                 (signal.SIGTERM, "returned")])
 def test_signal_lets_the_connected_client_finish(signum, ending):
-    proc, port = _start(graceful=LONG)
+    proc, port = _start(graceful=PROCESS)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=LONG) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=PROCESS) as sock:
             own = sock.getsockname()[1]
             assert _echo(sock, b"before") == b"before"
             proc.send_signal(signum)
             _wait_refused(port)  # probes accepted before the signal was handled are closed by now
             assert _echo(sock, b"after the signal") == b"after the signal"  # still served
-        out, err = proc.communicate(timeout=LONG)
+        out, err = proc.communicate(timeout=PROCESS)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
@@ -100,11 +96,11 @@ def test_signal_lets_the_connected_client_finish(signum, ending):
 def test_graceful_timeout_closes_a_client_that_stays():
     proc, port = _start(graceful=0.3)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=LONG) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=PROCESS) as sock:
             assert _echo(sock, b"x") == b"x"
             proc.send_signal(signal.SIGTERM)
             assert sock.recv(100) == b""  # closed by the server at the deadline
-        out, err = proc.communicate(timeout=LONG)
+        out, err = proc.communicate(timeout=PROCESS)
     finally:
         proc.kill()
     assert (proc.returncode, out.splitlines()[-1], err) == (0, "returned", "")

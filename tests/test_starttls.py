@@ -15,7 +15,7 @@ from conftest import LONG
 from gevent import ssl as gssl
 from gevent.event import Event
 from gevent.queue import Queue
-from helpers import load_example
+from helpers import load_example, wait_until
 
 import gtcp
 
@@ -211,7 +211,7 @@ def test_starttls_server_failure_reaches_the_calling_callback(smtp, caplog):
     sock.close()
     # Nothing in plaintext: at most a TLS alert record (none for a bad record header).
     assert received == b"" or received.startswith(b"\x15\x03"), received
-    _until(lambda: any("STARTTLS with" in r.getMessage() for r in caplog.records))  # the example's logger
+    wait_until(lambda: any("STARTTLS with" in r.getMessage() for r in caplog.records))  # the example's logger
     (conn,) = service.connections
     assert conn.commands == [b"STARTTLS"]  # nothing after it ran
 
@@ -309,12 +309,6 @@ def test_starttls_caller_tls_is_set_after_the_upgrade(pki):
         listener.immediate_stop()
 
 
-def _until(condition: Any, limit: float = LONG) -> None:
-    with gevent.Timeout(limit, AssertionError("condition not reached")):
-        while not condition():
-            gevent.sleep(0.005)
-
-
 def _upgrading_listener(pki: dict[str, Any], seen: Queue, **options: Any) -> gtcp.Listener:
     class Svc(gtcp.ConnectionService):
         def on_bytes(self, caller, line):
@@ -373,7 +367,7 @@ def test_starttls_writes_of_other_greenlets_wait_for_the_handshake(pki):
             assert client.read_frame() == b"go"
             caller = seen.get(timeout=LONG)
             pusher = gevent.spawn(caller.write_bytes, b"news\n")  # a broadcast during the handshake
-            _until(lambda: caller._stream.wlock.locked() and not pusher.dead and pusher.started)
+            wait_until(lambda: caller._stream.wlock.locked() and not pusher.dead and pusher.started)
             client.start_tls(pki["client"])
             pusher.get(timeout=LONG)
             assert seen.get(timeout=LONG) == "tls"

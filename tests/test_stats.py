@@ -6,15 +6,9 @@ import gevent
 import gevent.socket
 import pytest
 from conftest import LONG
-from helpers import EchoService
+from helpers import EchoService, wait_until
 
 import gtcp
-
-
-def _until(condition) -> None:
-    with gevent.Timeout(LONG, AssertionError("condition not reached")):
-        while not condition():
-            gevent.sleep(0.001)
 
 
 def test_stats_counts_connections_and_bytes(gtcp_listener):
@@ -27,11 +21,11 @@ def test_stats_counts_connections_and_bytes(gtcp_listener):
         live = listener.stats()
         assert (live.open, live.accepted, live.closed) == (1, 1, 0)
         assert (live.bytes_in, live.bytes_out) == (1000, 1000)  # an open connection's bytes so far
-    _until(lambda: listener.stats().closed == 1)
+    wait_until(lambda: listener.stats().closed == 1)
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as second:
         second.write_bytes(b"yy")
         assert second.read_exactly(2) == b"yy"
-    _until(lambda: listener.stats().closed == 2)
+    wait_until(lambda: listener.stats().closed == 2)
     done = listener.stats()
     assert (done.open, done.accepted, done.closed, done.bytes_in, done.bytes_out) == (0, 2, 2, 1002, 1002)
     with pytest.raises(AttributeError):
@@ -43,13 +37,13 @@ def test_stats_survive_a_restart(gtcp_listener):
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"a")
         client.read_exactly(1)
-    _until(lambda: listener.stats().closed == 1)
+    wait_until(lambda: listener.stats().closed == 1)
     listener.immediate_stop()
     listener.start()
     with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
         client.write_bytes(b"b")
         client.read_exactly(1)
-    _until(lambda: listener.stats().closed == 2)
+    wait_until(lambda: listener.stats().closed == 2)
     assert listener.stats().accepted == 2  # counters never go down
 
 
@@ -63,7 +57,7 @@ def test_stats_idle_timeouts_and_frames_too_long(gtcp_listener):
         client.write_bytes(b"z" * 100)
         with pytest.raises(gtcp.PeerClosedError):
             client.read_bytes()
-    _until(lambda: listener.stats().closed == 2)
+    wait_until(lambda: listener.stats().closed == 2)
     stats = listener.stats()
     assert (stats.idle_timeouts, stats.frames_too_long) == (1, 1)
 
@@ -84,6 +78,6 @@ def test_stats_handshake_failures(gtcp_listener, tmp_path):
     while sock.recv(65536):
         pass
     sock.close()
-    _until(lambda: listener.stats().closed == 1)
+    wait_until(lambda: listener.stats().closed == 1)
     stats = listener.stats()
     assert (stats.accepted, stats.handshake_failures, stats.closed) == (1, 1, 1)

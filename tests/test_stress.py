@@ -12,7 +12,7 @@ import resource
 import gevent
 import pytest
 from conftest import LONG
-from helpers import EchoService, read_exactly
+from helpers import EchoService
 
 import gtcp
 
@@ -38,7 +38,7 @@ def test_stress_many_concurrent_clients(gtcp_listener):
             payload = b"%06d" % n * 100
             for _ in range(5):
                 client.write_bytes(payload)
-                assert read_exactly(client, len(payload)) == payload
+                assert client.read_exactly(len(payload)) == payload
             return payload[:6]
 
     jobs = [gevent.spawn(talk, n) for n in range(clients_wanted)]
@@ -66,7 +66,7 @@ def test_stress_large_transfers_in_both_directions(gtcp_listener):
     def one() -> None:
         with gtcp.Client("127.0.0.1", listener.port, timeout=LONG * 6) as client:
             writer = gevent.spawn(client.write_bytes, payload)
-            assert read_exactly(client, len(payload)) == payload
+            assert client.read_exactly(len(payload)) == payload
             writer.get()
 
     gevent.joinall([gevent.spawn(one) for _ in range(4)], raise_error=True)

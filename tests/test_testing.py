@@ -26,11 +26,10 @@ import trustme  # noqa: F401  (imported before pytester's in-process runs, which
 from conftest import LONG
 from gevent.event import Event
 from gevent.queue import Queue
+from helpers import ROOT, child_env
 
 import gtcp
 from gtcp import testing
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _installed() -> bool:
@@ -50,8 +49,8 @@ def _run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    """A child pytest's environment: this checkout's gtcp, none of this run's pytest settings."""
+    env = child_env()
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
     return env

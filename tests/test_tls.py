@@ -24,9 +24,11 @@ import gevent.socket
 import gevent.ssl
 import pytest
 import trustme
+from conftest import LONG
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from helpers import TLS_VERSIONS, child_env
 
 from gtcp import _contexts, _keys, _memfile, _sessions, _tls_probe
 from gtcp._config import (
@@ -48,13 +50,11 @@ from gtcp._tlsinfo import TLSInfo, tls_info
 pytestmark = pytest.mark.timeout(30)
 
 #: Bound on any one blocking step (handshake, one exchange) of a test.
-LONG = 10
 
 PREFIX = "Failed to initialize the SSL context: "
 TLS12 = ssl.TLSVersion.TLSv1_2
 TLS13 = ssl.TLSVersion.TLSv1_3
 KEY_FORMATS = [serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL]
-VERSIONS = [pytest.param("TLSv1.2", id="TLSv1.2"), pytest.param("TLSv1.3", id="TLSv1.3")]
 
 
 def _raises(kind: type[BaseException], message: str) -> Any:
@@ -301,7 +301,7 @@ def test_IANA_CIPHER_NAMES_match_openssl_stdname() -> None:
             assert stdnames[iana] == openssl_name, iana
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_handshake_uses_named_cipher(material: Material, version: str) -> None:
     if version == "TLSv1.2":
         cipher, expected = "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384"
@@ -531,7 +531,7 @@ def test_client_context_refuses_disabled_record() -> None:
 # --- handshakes ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_handshake_between_server_and_client_contexts(material: Material, version: str) -> None:
     outcome = _handshake(server_context(_server(material)),
                          client_context(_client(material, protocol=_versions(version))))
@@ -544,7 +544,7 @@ def test_handshake_between_server_and_client_contexts(material: Material, versio
     assert client.peer_certificate["subjectAltName"] == (("DNS", "localhost"), ("IP Address", "127.0.0.1"))
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_handshake_mutual_tls(material: Material, version: str) -> None:
     server = server_context(_server(material, mutual_ssl=MutualSsl(material.ca_pem)))
     assert server.verify_mode == ssl.CERT_REQUIRED
@@ -555,7 +555,7 @@ def test_handshake_mutual_tls(material: Material, version: str) -> None:
     assert info.peer_certificate["subjectAltName"] == (("email", "client@example.com"),)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_handshake_mutual_tls_required_refuses_anonymous_client(material: Material, version: str) -> None:
     server = server_context(_server(material, mutual_ssl=MutualSsl(material.ca_pem, VerifyClient.REQUIRE)))
     outcome = _handshake(server, client_context(_client(material, protocol=_versions(version))))
@@ -582,7 +582,7 @@ def test_handshake_mutual_tls_with_client_KeyStore(material: Material) -> None:
     assert _ok(_handshake(server, client).server).peer_certificate is not None
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_handshake_verify_hostname(material: Material, version: str) -> None:
     server = server_context(_server(material))
     strict = client_context(_client(material, protocol=_versions(version)))
@@ -599,7 +599,7 @@ def test_handshake_untrusted_server(material: Material) -> None:
     assert isinstance(outcome.client, ssl.SSLCertVerificationError)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", TLS_VERSIONS)
 def test_handshake_resumes_session_from_SessionCache(material: Material, version: str) -> None:
     cache = SessionCache()
     cfg = _client(material, protocol=_versions(version))
@@ -758,11 +758,8 @@ print(json.dumps(seen))
 
 
 def _fresh_python(code: str, *args: str) -> str:
-    root = Path(__file__).resolve().parent.parent
-    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path)
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=60, env=env, check=False)
+                          timeout=60, env=child_env(), check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
