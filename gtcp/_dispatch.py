@@ -501,11 +501,15 @@ class Connection:
                     return None
                 if found is not None:
                     frame, end = found
-                    bad = stream.bad_frame_end(end)
-                    if bad is not None:
-                        log.error("%s; closing connection %s", bad, caller.id)
-                        return None
-                    if end < len(stream.rbuf):
+                    size = len(stream.rbuf)
+                    # Stream.bad_frame_end's check, inlined on the per-frame path
+                    # (a method call per frame cost 5% of a pipelined echo).
+                    if type(end) is not int or not stream.rpos < end <= size:
+                        bad = stream.bad_frame_end(end)
+                        if bad is not None:
+                            log.error("%s; closing connection %s", bad, caller.id)
+                            return None
+                    if end < size:
                         stream.rpos = end
                     else:
                         stream.consume(end)
