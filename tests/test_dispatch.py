@@ -11,9 +11,10 @@ import pytest
 from conftest import LONG, SHORT
 from gevent.event import Event
 from gevent.queue import Queue
-from helpers import Echo, EchoService
+from helpers import Echo, EchoService, wait_until
 
 import gtcp
+from gtcp.testing import _unread as unread  # FIONREAD: bytes in a socket's receive queue
 
 
 def _service(make):
@@ -38,28 +39,37 @@ def test_dispatch_connection_service_instance_per_connection(gtcp_listener):
 
 
 def test_dispatch_on_connect_runs_before_bytes_and_nothing_is_lost(gtcp_listener):
+    entered = Queue()
     release = Event()
     got = Queue()
+    order = []
 
     class Collect(gtcp.ConnectionService):
         def on_bytes(self, data):
+            order.append("bytes")
             got.put(data)
 
     def slow_connect(caller):
+        entered.put(caller)
         release.wait(LONG)
+        order.append("connect")
         return Collect()
 
     listener = gtcp_listener(_service(slow_connect))
     client = gtcp.Client("127.0.0.1", listener.port, timeout=LONG)
+    caller = entered.get(timeout=LONG)  # on_connect is running, and blocks
     for i in range(50):
         client.write_bytes(b"%03d" % i)
-    gevent.sleep(SHORT)  # let the bytes queue up while on_connect blocks
-    assert got.empty()
+    # The synchronisation point: all 150 bytes reached the server (its socket, or its buffer had it
+    # read ahead) while on_connect still blocks.
+    stream = caller._stream
+    wait_until(lambda: unread(stream.gsock.fileno()) + stream.buffered == 150, "the 150 bytes at the server")
     release.set()
     received = b""
     while len(received) < 150:
         received += got.get(timeout=LONG)
     assert received == b"".join(b"%03d" % i for i in range(50))
+    assert order[0] == "connect" and set(order[1:]) == {"bytes"}
     client.close()
 
 

@@ -176,7 +176,7 @@ def test_halfclose_on_eof_that_raises_is_logged_and_closes(gtcp_listener, gtcp_l
         with pytest.raises(gtcp.PeerClosedError):
             client.read_bytes()
     assert events.get(timeout=LONG) == "close"
-    gevent.sleep(0)
+    wait_until(lambda: listener.stats().closed == 1, "the connection's end")  # nothing can come after
     assert events.empty()  # on_close once, no on_error
     assert "on_eof of connection" in gtcp_log.text and "boom in on_eof" in gtcp_log.text
 
