@@ -163,9 +163,13 @@ def test_Client_timeouts_accept_decimal_and_nonpositive_disables(gtcp_listener):
     with gtcp.Client("127.0.0.1", listener.port, timeout=decimal.Decimal("0.1")) as client:
         with pytest.raises(gtcp.ReadTimeoutError):
             client.read_bytes()
-    with gtcp.Client("127.0.0.1", listener.port, timeout=0, write_timeout=-1) as client:
+    with gtcp.Client("127.0.0.1", listener.port, timeout=0, write_timeout=-1) as client, \
+            gtcp.Client("127.0.0.1", listener.port, timeout=SHORT) as control:
         reader = gevent.spawn(client.read_bytes)
-        gevent.sleep(SHORT)
+        _until_reading(client)
+        # The synchronisation point: a read that started after this one, with a SHORT timeout, timed out.
+        with pytest.raises(gtcp.ReadTimeoutError):
+            control.read_bytes()
         assert not reader.ready()  # no timeout: still waiting
         client.write_bytes(b"late")
         assert reader.get(timeout=LONG) == b"late"
@@ -264,11 +268,15 @@ def test_Client_write_after_peer_reset_raises_write_error():
     assert str(info.value) == "Connection reset by peer"
     with pytest.raises(gtcp.PeerClosedError):  # sticky, same message
         client.read_bytes()
-    with pytest.raises((gtcp.WriteError, gtcp.ClosedError)) as winfo:
-        for _ in range(10):
-            client.write_bytes(b"x" * 65536)
-    if isinstance(winfo.value, gtcp.WriteError):
-        assert str(winfo.value).startswith("Failed to write data: ")
+    # The kernel took the RST: the very first write fails with the OS's reason (EPIPE), and closes.
+    with pytest.raises(gtcp.WriteError) as winfo:
+        client.write_bytes(b"x" * 65536)
+    assert type(winfo.value) is gtcp.WriteError
+    assert str(winfo.value).startswith("Failed to write data: ")
+    assert isinstance(winfo.value.__cause__, OSError)
+    assert client.closed
+    with pytest.raises(gtcp.ClosedError):  # then, as after any failed write
+        client.write_bytes(b"x")
     client.close()
 
 

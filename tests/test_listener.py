@@ -289,10 +289,26 @@ def test_Listener_sets_tcp_nodelay_on_accepted_sockets(gtcp_listener):
 
 def test_Listener_reuse_port_option_sets_so_reuseport(gtcp_listener):
     listener = gtcp_listener(EchoService(), reuse_port=True)
+    assert listener._server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+    stranger = gtcp.Listener(listener.port, local_host="127.0.0.1")  # without the option: refused
+    stranger.attach(EchoService())
+    with pytest.raises(gtcp.ListenerError, match="Error initializing the server: "):
+        stranger.start()
     twin = gtcp.Listener(listener.port, local_host="127.0.0.1", reuse_port=True)
     twin.attach(EchoService())
-    twin.start()  # a second socket on the same port: only possible with SO_REUSEPORT
-    twin.immediate_stop()
+    twin.start()  # a second socket on the same port: only possible with SO_REUSEPORT on both
+    try:
+        assert twin.port == listener.port
+        with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:  # the kernel picks one
+            client.write_bytes(b"either")
+            assert client.read_bytes() == b"either"
+    finally:
+        twin.immediate_stop()
+
+
+def test_Listener_without_reuse_port_leaves_so_reuseport_off(gtcp_listener):
+    listener = gtcp_listener(EchoService())
+    assert listener._server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
 
 
 def test_Listener_accepts_raw_peers(gtcp_listener):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import warnings
 
 import gevent
 import gevent.ssl
@@ -22,6 +23,8 @@ from cryptography.x509 import load_pem_x509_certificate
 from helpers import TLS_VERSIONS, EchoService, raw_connect
 
 import gtcp
+from gtcp._tls_probe import version_supported
+from gtcp.testing import RawPeer
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +122,39 @@ def test_secure_caller_tls_facts(gtcp_listener, pki):
     assert info.peer_certificate is None  # no client certificate asked
 
 
-def test_secure_client_tls11_only_against_tls12_server_fails(gtcp_listener, pki):
+def _tls11_only_context() -> ssl.SSLContext:
+    """A client that speaks TLS 1.1 and nothing else, as OpenSSL 3 still can at security level 0."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # ssl.TLSVersion.TLSv1_1
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+def _handshake_failures(gtcp_log, count):
+    gtcp_log.wait_for("TLS handshake", count=count, level="WARNING")
+    return [r for r in gtcp_log.records if "TLS handshake" in r.getMessage()]
+
+
+def test_secure_client_tls11_only_against_tls12_server_fails(gtcp_listener, pki, gtcp_log):
     listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki, "TLSv1.2"))
-    with pytest.raises((gtcp.TLSError, gtcp.ConfigError)):
-        gtcp.Client("localhost", listener.port, secure_socket=_client_tls(pki, "TLSv1.1"))
+    if version_supported(ssl.TLSVersion.TLSv1_1):
+        record = _client_tls(pki, "TLSv1.1")  # an OpenSSL that still allows it: a gtcp client of TLS 1.1
+        with pytest.raises(gtcp.TLSError):
+            gtcp.Client("localhost", listener.port, secure_socket=record)
+    else:
+        # OpenSSL 3 refuses TLS 1.1 at its security level: the record is refused when built...
+        with pytest.raises(gtcp.ConfigError, match=r"No supported TLS protocol version in \['TLSv1.1'\]"):
+            _client_tls(pki, "TLSv1.1")
+        # ...and a client that speaks TLS 1.1 anyway is refused by the listener.
+        with pytest.raises(ssl.SSLError):
+            RawPeer(listener, tls=_tls11_only_context(), timeout=LONG)
+    assert len(_handshake_failures(gtcp_log, 1)) == 1
+    assert listener.stats().handshake_failures == 1
+    assert _echo_once(listener.port, _client_tls(pki)).version == "TLSv1.2"  # and serves on
 
 
 def test_secure_cipher_mismatch_fails_at_client(gtcp_listener, pki):
@@ -168,10 +200,28 @@ def test_secure_plaintext_client_on_tls_port_gets_read_error_and_listener_serves
     assert len(failures) == 1 and failures[0].exc_info is None
 
 
-def test_secure_sslv3_only_client_fails(gtcp_listener, pki):
+def _sslv3_client_hello() -> bytes:
+    """An SSL 3.0 ClientHello (no OpenSSL of today can send one): two RSA suites, no extensions."""
+    body = b"\x03\x00" + bytes(32) + b"\x00" + b"\x00\x04\x00\x2f\x00\x0a" + b"\x01\x00"
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x00" + len(handshake).to_bytes(2, "big") + handshake
+
+
+def test_secure_sslv3_only_client_fails(gtcp_listener, pki, gtcp_log):
     listener = gtcp_listener(EchoService(), secure_socket=_listener_tls(pki))
-    with pytest.raises((gtcp.ConfigError, gtcp.TLSError)):
-        gtcp.Client("localhost", listener.port, secure_socket=_client_tls(pki, "SSLv3"))
+    # A gtcp client cannot be made to offer SSLv3: the record is refused when built, before any socket.
+    with pytest.raises(gtcp.ConfigError, match=r"No supported TLS protocol version in \['SSLv3'\]"):
+        _client_tls(pki, "SSLv3")
+    # A client that offers only SSLv3 is refused by the listener: an alert (or nothing), then the close.
+    peer = RawPeer(listener, timeout=LONG)
+    peer.send(_sslv3_client_hello())
+    reply = peer.read_until_eof()
+    assert reply == b"" or reply[:1] == b"\x15", reply  # content type 21: alert
+    peer.close()
+    assert len(_handshake_failures(gtcp_log, 1)) == 1
+    assert listener.stats().handshake_failures == 1
+    assert listener.stats().accepted == 1
+    _echo_once(listener.port, _client_tls(pki))  # and serves on
 
 
 def test_secure_invalid_cert_path_fails_at_start_and_leaves_port_free(pki):
