@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -345,8 +344,8 @@ class Connection:
             except Error as exc:  # TLSError, or ClosedError from a stop
                 if self.aborted:
                     return
-                if after_header == 0 and stream.handshake_bytes == 0 \
-                        and not isinstance(exc.__cause__, ssl.SSLError):
+                if after_header == 0 and stream.handshake_bytes == 0 and (
+                        stream.eof or isinstance(exc.__cause__, ConnectionError)):
                     # Nothing after the PROXY header, then a close: a health check.
                     log.debug("connection from %s closed after its PROXY protocol header: %s", self.peer, exc)
                     return
@@ -391,6 +390,8 @@ class Connection:
                 return False
         mode = settings.proxy_protocol or "any"
         timeout = (run.handshake_timeout if run.ssl_context is not None else None) or PROXY_HEADER_TIMEOUT
+        if settings.idle_timeout is not None:
+            timeout = min(timeout, settings.idle_timeout)  # a silent peer is idle, header or not
         try:
             info: ProxyInfo = stream.read_decoded(lambda buffer, start: decode(buffer, start, mode), timeout)
         except BadHeader as exc:
@@ -417,7 +418,10 @@ class Connection:
         if isinstance(address, tuple):
             info = replace(info, proxy_host=host_text(address), proxy_port=int(address[1]))
         self.proxy = info
-        if not stream.buffered and stream.peer_gone():
+        gone = None if stream.buffered else stream.peer_gone()
+        if gone == "reset" or (gone == "eof" and info.command == "LOCAL"):
+            # A load balancer's health check; a relayed client that half-closes
+            # at once (it expects a greeting) is served.
             log.debug("connection from %s closed right after its PROXY protocol header (a health check?)",
                       self.peer)
             return False

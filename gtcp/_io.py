@@ -219,6 +219,7 @@ class Stream:
         "_out_size",
         "_private_watchers",
         "_raw",
+        "_reset",
         "_rtimer",
         "_rwatch",
         "_tcp",
@@ -226,6 +227,7 @@ class Stream:
         "_tls",
         "_tls_ready",
         "_tout",
+        "_write_shut",
         "_wtimer",
         "_wwatch",
         "closed",
@@ -288,6 +290,9 @@ class Stream:
         #: The kernel's byte counts, taken when the socket is closed (see byte_counts()).
         self._counts: tuple[int, int] | None = None
         self._tcp = gsock.family in (_stdsocket.AF_INET, _stdsocket.AF_INET6)
+        #: The peer reset the connection (no FIN came); our write side was shut (our FIN went out).
+        self._reset = False
+        self._write_shut = False
 
     def _bind(self, gsock: Any) -> None:
         """Use the gevent socket *gsock*: its raw socket and its two io watchers."""
@@ -502,6 +507,7 @@ class Stream:
         if self.closed or isinstance(exc, ValueError) or self._raw.fileno() < 0:
             return ClosedError()  # we closed it (or its descriptor) under the read
         self.eof = True
+        self._reset = True
         return PeerClosedError(reason(exc))
 
     def read_decoded(self, decode: Callable[[Any, int], tuple[Any, int] | None],
@@ -845,18 +851,19 @@ class Stream:
             except OSError as exc:
                 raise TLSError(f"TLS handshake failed: {reason(exc)}") from exc
             if not chunk:
+                self.eof = True
                 raise TLSError("Connection closed by the peer during the TLS handshake")
             self.handshake_bytes += len(chunk)
             tin.write(chunk)
 
-    def peer_gone(self) -> bool:
-        """True if the peer already closed or reset (checked without waiting or consuming)."""
+    def peer_gone(self) -> str | None:
+        """``"eof"`` or ``"reset"`` if the peer closed or reset already, else None (never waits)."""
         try:
-            return not self._raw.recv(1, _stdsocket.MSG_PEEK)
+            return None if self._raw.recv(1, _stdsocket.MSG_PEEK) else "eof"
         except BlockingIOError:
-            return False
+            return None
         except OSError:
-            return True
+            return "reset"
 
     def discard_readable(self) -> int:
         """Read and drop what the socket already holds (never waits); the byte count."""
@@ -1014,6 +1021,7 @@ class Stream:
     def _shutdown_write(self) -> None:
         try:
             self._raw.shutdown(_stdsocket.SHUT_WR)
+            self._write_shut = True
         except OSError:
             pass
 
@@ -1096,12 +1104,13 @@ class Stream:
             return (0, 0)
         acked, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_BYTES_OFFSET)
         # A FIN takes one sequence number, which the kernel counts as a byte.
-        # In CLOSE (after LAST_ACK, or a reset) the peer's EOF tells.
+        # CLOSE follows a normal close (both FINs) or a reset (none: we saw
+        # the reset, or nothing was read at all).
         state = info[0]
-        closed_after_eof = state == _TCP_CLOSE and self.eof
-        fin_in = state in _FIN_RECEIVED or closed_after_eof
-        fin_out = state in _FIN_ACKED or closed_after_eof
-        return (received - fin_in, acked - fin_out)
+        closed_normally = state == _TCP_CLOSE and not self._reset and (self.eof or self._write_shut)
+        fin_in = state in _FIN_RECEIVED or closed_normally
+        fin_out = state in _FIN_ACKED or closed_normally
+        return (max(0, received - fin_in), max(0, acked - fin_out))
 
     def _drain(self, linger: float) -> None:
         # A watcher of its own: a reader woken by close() may not have left
@@ -1119,7 +1128,9 @@ class Stream:
                         return
                 except BlockingIOError:
                     self._hub.wait(watcher)
-        except (OSError, Interrupted, _Lingered):
+        except OSError:
+            self._reset = True
+        except (Interrupted, _Lingered):
             return
         finally:
             timer.cancel()

@@ -242,6 +242,7 @@ class Listener:
         #: Listener.from_socket(): a socket bound and listening already (a supervisor's, systemd's).
         self._adopted: Any = None
         self._counters = Counters()  # across runs: counters never go down
+        self._bytes_reported = (0, 0)
 
     @classmethod
     def unix(cls, path: str, mode: int = 0o600, **options: Any) -> Listener:
@@ -276,7 +277,8 @@ class Listener:
         stop closes it (closing this process's descriptor; a copy held by
         another process keeps the port open). Same options as ``Listener(...)``.
         """
-        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM \
+                or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             raise ConfigError(f"from_socket() needs a listening stream socket, got {sock!r}")
         if "local_host" in options:
             raise ConfigError("local_host does not apply to a socket that is bound already")
@@ -412,16 +414,21 @@ class Listener:
         counters = self._counters
         live = [conn.stream.byte_counts() for run in self._runs for conn in run.connections
                 if conn.stream is not None]
-        return ListenerStats(
+        snapshot = ListenerStats(
             open=sum(len(run.connections) for run in self._runs),
             accepted=counters.accepted,
             closed=counters.closed,
             handshake_failures=counters.handshake_failures,
             idle_timeouts=counters.idle_timeouts,
             frames_too_long=counters.frames_too_long,
-            bytes_in=counters.bytes_in + sum(count[0] for count in live),
-            bytes_out=counters.bytes_out + sum(count[1] for count in live),
+            # Never less than reported before: a FIN the kernel counted as a
+            # byte and gtcp could not tell apart (a rare close race) would
+            # otherwise make a total step back when the connection closes.
+            bytes_in=max(self._bytes_reported[0], counters.bytes_in + sum(count[0] for count in live)),
+            bytes_out=max(self._bytes_reported[1], counters.bytes_out + sum(count[1] for count in live)),
         )
+        self._bytes_reported = (snapshot.bytes_in, snapshot.bytes_out)
+        return snapshot
 
     def reload_tls(self, secure_socket: Any = None) -> None:
         """Re-read the TLS files (or take a new record, dict or ``ssl.SSLContext``) for new handshakes.
@@ -539,16 +546,13 @@ class Listener:
         if info is not None:
             if not stat.S_ISSOCK(info.st_mode):
                 raise fail("the path exists and is not a socket")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.settimeout(1.0)
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # stale: its listener is gone
-            else:
+            state = unix_socket_state(path)
+            if state == "stale":
+                os.unlink(path)  # its listener is gone
+            elif state == "live":
                 raise fail("Address already in use: a live listener answers on it")
-            finally:
-                probe.close()
+            else:
+                raise fail(f"Address already in use: a listener is there but does not answer ({state})")
         sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -606,6 +610,23 @@ class Listener:
         tls = " TLS" if self._secure_socket is not None else ""
         where = self._unix_path or f"{self._local_host or '*'}:{self._port}"
         return f"<gtcp.Listener{tls} {where} {state}>"
+
+
+def unix_socket_state(path: str) -> str:
+    """Whether the socket file *path* is ``"stale"`` (refused: its process is gone), ``"live"`` (it
+    answers), or something else (the reason: a live listener whose backlog is full times out, and its
+    file must not be replaced)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return "stale"
+    except OSError as exc:
+        return reason(exc)
+    finally:
+        probe.close()
+    return "live"
 
 
 def _unused_handle(gsock: Any, address: Any) -> None:  # pragma: no cover

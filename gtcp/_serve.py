@@ -72,7 +72,7 @@ from ._drain import Drain
 from ._errors import ConfigError, Error, ListenerError
 from ._framing import Codec, LengthPrefixed, Lines
 from ._io import reason
-from ._listener import DEFAULT_BACKLOG, Listener, ListenerStats
+from ._listener import DEFAULT_BACKLOG, Listener, ListenerStats, unix_socket_state
 from ._service import Service, check_service
 
 __all__ = ["GRACEFUL_TIMEOUT", "add_command", "listener_secure_socket", "load_target", "metrics_text",
@@ -183,7 +183,12 @@ def _positive_int(text: str) -> int:
 
 def _workers(text: str) -> int:
     if text == "auto":
-        return os.cpu_count() or 1
+        # The CPUs this process may run on (a container's cpuset, taskset),
+        # not the machine's count.
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except (AttributeError, OSError):
+            return os.cpu_count() or 1
     return _positive_int(text)
 
 
@@ -445,14 +450,13 @@ def _bind_unix(path: str) -> tuple[socket.socket, tuple[int, int]]:
     if info is not None:
         if not stat.S_ISSOCK(info.st_mode):
             raise fail("the path exists and is not a socket")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # stale: its server is gone
-            else:
-                raise fail("Address already in use: a live listener answers on it")
+        state = unix_socket_state(path)
+        if state == "stale":
+            os.unlink(path)  # its server is gone
+        elif state == "live":
+            raise fail("Address already in use: a live listener answers on it")
+        else:
+            raise fail(f"Address already in use: a listener is there but does not answer ({state})")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)

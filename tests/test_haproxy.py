@@ -229,7 +229,13 @@ def test_health_checks_are_answered_and_quiet(stack):
     assert row["status"] == "UP"
     reply = _request(proxy.port, "after-checks")
     assert reply[0] == "after-checks"
-    assert not [line for line in server.stderr_lines if "WARNING" in line or "ERROR" in line]
+    assert not _problems(server)
+
+
+def _problems(server: Serve) -> list[str]:
+    """Warning and error lines of gtcp serve, less the watchdog's (a loaded machine may stall a hub)."""
+    return [line for line in server.stderr_lines
+            if ("WARNING" in line or "ERROR" in line) and "gevent hub" not in line]
 
 
 class Load:
@@ -320,4 +326,4 @@ def test_tls_passes_through_haproxy(stack, tmp_path):
         request, host, port, _pid, command = client.read_frame().decode().split()
         own_port = client.local_address[1]
         assert (request, host, int(port), command) == ("secure", "127.0.0.1", own_port, "PROXY")
-    assert not [line for line in server.stderr_lines if "WARNING" in line or "ERROR" in line]
+    assert not _problems(server)

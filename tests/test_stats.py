@@ -81,3 +81,27 @@ def test_stats_handshake_failures(gtcp_listener, tmp_path):
     wait_until(lambda: listener.stats().closed == 1)
     stats = listener.stats()
     assert (stats.accepted, stats.handshake_failures, stats.closed) == (1, 1, 1)
+
+
+def test_stats_bytes_never_go_down_after_a_reset(gtcp_listener):
+    """A reset exchanges no FIN: nothing may be taken off, and totals never step back."""
+    import socket
+    import struct
+
+    listener = gtcp_listener(EchoService())
+    with gtcp.Client("127.0.0.1", listener.port, timeout=LONG) as client:
+        client.write_bytes(b"abc")
+        assert client.read_exactly(3) == b"abc"
+    wait_until(lambda: listener.stats().closed == 1)
+    before = listener.stats()
+    assert (before.bytes_in, before.bytes_out) == (3, 3)
+    for payload in (b"", b"12345"):
+        sock = gevent.socket.create_connection(("127.0.0.1", listener.port), timeout=LONG)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if payload:
+            sock.sendall(payload)
+            assert sock.recv(5) == payload
+        sock.close()  # a reset
+    wait_until(lambda: listener.stats().closed == 3)
+    after = listener.stats()
+    assert (after.bytes_in, after.bytes_out) == (3 + 5, 3 + 5)

@@ -130,3 +130,45 @@ def test_unix_restart_on_the_same_path(path):
             assert client.read_bytes() == b"z"
     finally:
         listener.immediate_stop()
+
+
+def test_a_live_but_busy_listener_is_not_replaced(tmp_path):
+    """Its backlog full, a live listener does not answer the probe: its file stays, start() refuses."""
+    import socket
+
+    path = str(tmp_path / "busy.sock")
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(path)
+    busy.listen(0)
+    waiting = []
+    try:
+        for _ in range(3):  # fill the accept queue (nobody accepts)
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            peer.setblocking(False)
+            try:
+                peer.connect(path)
+            except BlockingIOError:
+                peer.close()
+                break
+            waiting.append(peer)
+        listener = gtcp.Listener.unix(path)
+        listener.attach(EchoService())
+        with pytest.raises(gtcp.ListenerError, match="a listener is there but does not answer"):
+            listener.start()
+        assert os.path.exists(path)
+    finally:
+        for peer in waiting:
+            peer.close()
+        busy.close()
+
+
+def test_from_socket_refuses_a_socket_that_does_not_listen():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(gtcp.ConfigError, match="needs a listening stream socket"):
+            gtcp.Listener.from_socket(sock)
+    finally:
+        sock.close()
