@@ -857,10 +857,17 @@ class _Supervisor:
         self.stop.set()
         self._changed()
 
+    #: A SIGHUP came before the first generation served: reload once it does.
+    reload_pending = False
+
     def on_reload_signal(self) -> None:
-        """SIGHUP: reload (ignored while starting or stopping)."""
-        if self.stop.is_set() or self.current is None:
-            log.info("SIGHUP ignored: the server is %s", "stopping" if self.stop.is_set() else "starting")
+        """SIGHUP: reload (after the start, if the server is still starting; ignored while stopping)."""
+        if self.stop.is_set():
+            log.info("SIGHUP ignored: the server is stopping")
+            return
+        if self.current is None:
+            log.info("SIGHUP while starting: the reload follows the start")
+            self.reload_pending = True
             return
         gevent.spawn(self.reload)
 
@@ -882,6 +889,8 @@ class _Supervisor:
                 generation.committed = True
                 self.current = generation
                 self._announce()
+                if self.reload_pending or _EARLY_SIGHUP:
+                    gevent.spawn(self.reload)  # new TLS files may have come during the start
                 self.stop.wait()
             elif generation.failure is not None:
                 self._fail(f"{generation.failure}; stopping")
@@ -968,7 +977,13 @@ def _bind_metrics(host: str, port: int) -> Any:
     return sock
 
 
+#: A SIGHUP that arrived while the supervisor checked the target and bound
+#: its sockets (before its handlers exist): SIGHUP's default would kill it.
+_EARLY_SIGHUP: list[int] = []
+
+
 def _supervise(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGHUP, lambda signum, frame: _EARLY_SIGHUP.append(signum))
     listen = _take_systemd_environment()
     kind = target_kind(load_target(args.target), args.target)
     log.debug("target %s is a Service %s", args.target, kind)

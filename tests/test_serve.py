@@ -742,3 +742,27 @@ def test_serve_workers_auto_is_the_cpu_count() -> None:
     assert args.workers == len(os.sched_getaffinity(0))  # the CPUs this process may use
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve", "serve_targets:echo", "--workers", "0"])
+
+
+def test_serve_sighup_during_start_up_is_a_reload_after_it(run_serve: Callable[..., Served],
+                                                           tmp_path: Path) -> None:
+    """SIGHUP's default action would kill a supervisor still importing the target (a cert renewal at the
+    wrong moment); it is kept and done once the first workers serve."""
+    (tmp_path / "slow_target.py").write_text(
+        "import os, time\n"
+        "from serve_targets import make_echo  # noqa: F401\n"
+        "open(os.path.join(os.environ['SLOW_MARKS'], str(os.getpid())), 'w').close()\n"
+        "time.sleep(1.0)\n")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    os.environ["SLOW_MARKS"] = str(marks)  # the child's environment is made from ours
+    try:
+        server = run_serve("slow_target:make_echo", "--port", "0", "--log-level", "info", paths=(tmp_path,))
+        until(lambda: (marks / str(server.proc.pid)).exists(), "the supervisor importing the target")
+        server.proc.send_signal(signal.SIGHUP)
+        server.listening()  # it survived, and serves
+        until(lambda: any("reload: 1 new worker(s) serving" in line for line in server.stderr),
+              "the reload after the start")
+    finally:
+        del os.environ["SLOW_MARKS"]
+    assert ask(server.port, "after")[3] == "after"
