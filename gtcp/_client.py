@@ -490,6 +490,9 @@ def _connect(host: str, port: int, local_host: str | None, timeout: float | None
         ) from cause
     except OSError as exc:
         raise ConnectError(f"Unable to connect with remote host: {reason(exc)}") from exc
+    except ValueError as exc:  # UnicodeError: a name IDNA cannot encode ("bad..name")
+        raise ConnectError(f"Unable to connect with remote host: {host!r} is not a valid host name "
+                           f"({exc})") from exc
     finally:
         if timer is not None:
             timer.cancel()
@@ -521,6 +524,7 @@ def _addresses(host: str, port: int) -> list[_Target]:
     found = _literal(host, port)
     if found is not None:
         return found
+    host.encode("idna")  # a UnicodeError here, not in the resolver's thread (which would print it)
     infos = gevent.socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     if not infos:
         raise OSError(f"getaddrinfo returned no address for {host!r}")
@@ -615,6 +619,7 @@ def _happy_eyeballs(targets: list[_Target], sources: dict[int, Any] | None) -> A
     attempts: list[Any] = []
     failed = 0
     last_error: BaseException | None = None
+    winner: Any = None
     try:
         while True:
             if waiting:
@@ -627,6 +632,7 @@ def _happy_eyeballs(targets: list[_Target], sources: dict[int, Any] | None) -> A
             except Empty:
                 continue  # no answer within the delay: start the next attempt alongside
             if error is None:
+                winner = gsock
                 return gsock
             failed += 1
             last_error = error
@@ -634,5 +640,12 @@ def _happy_eyeballs(targets: list[_Target], sources: dict[int, Any] | None) -> A
     finally:
         decided.set()
         close_late_winners()  # before killall switches away: nothing is left behind if it is interrupted
-        gevent.killall(attempts)  # each closes its socket (_attempt)
+        try:
+            gevent.killall(attempts)  # each closes its socket (_attempt)
+        except BaseException:
+            # The connect deadline fired while the losers died: it replaces
+            # the winner being returned, so the winner's socket is closed too.
+            if winner is not None:
+                winner.close()
+            raise
         close_late_winners()

@@ -378,3 +378,10 @@ def test_one_refusing_address_raises_as_before(sockets: Sockets) -> None:
         gtcp.Client(host, port, connect_timeout=5)
     assert str(info.value) == "Unable to connect with remote host: Connection refused"
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+@pytest.mark.parametrize("name", ["bad..name", "x" * 70 + ".example"])
+def test_a_name_idna_cannot_encode_is_a_connect_error_and_prints_nothing(name, capfd):
+    with pytest.raises(gtcp.ConnectError, match="is not a valid host name"):
+        gtcp.Client(name, 80, connect_timeout=5)
+    assert capfd.readouterr().err == ""  # not raised inside the resolver's thread, whose pool prints it
