@@ -2,14 +2,19 @@
 
 The test process is not monkey-patched, so ``time.sleep`` blocks the whole
 thread, hub included: that blocking is the thing under test. Everything else
-waits on events or polls a condition under a deadline.
+waits on events or polls a condition under a deadline. A test reads only the
+warnings that name its own service or function: on a loaded machine the
+test's own code may stall the hub too, and that is not what it is about.
 """
 
 from __future__ import annotations
 
 import decimal
+import gc
 import logging
+import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -137,6 +142,7 @@ def test_a_blocking_callback_logs_one_warning_naming_service_connection_and_line
     assert f"at {__file__}:{service.line} in on_bytes" in message
     gap = float(message.split(" blocked the gevent hub for ")[1].split(" s ")[0])
     assert 0.8 <= gap < 0.8 + LONG
+    assert "every other connection and greenlet waited: a blocking call?" in message  # sleeping: off the CPU
     assert "slow_callback_warning=0.3" in message
     assert records.infos() == []
 
@@ -148,7 +154,7 @@ def test_a_block_shorter_than_the_threshold_logs_nothing(records):
         heartbeats(3)
     finally:
         listener.immediate_stop()
-    assert records.warnings() == []
+    assert records.warnings("BlockingService") == []
 
 
 def test_blocking_outside_callbacks_names_where(records):
@@ -177,7 +183,7 @@ def test_a_block_that_goes_on_is_logged_while_it_lasts(records):
     # after STUCK_FACTOR thresholds (0.5 s), while on_bytes still blocks.
     service = BlockingService()
     seen_while_blocked: list[list[str]] = []
-    service.after_block = lambda caller: seen_while_blocked.append(records.warnings())
+    service.after_block = lambda caller: seen_while_blocked.append(records.warnings("BlockingService"))
     listener = serve(service, slow_callback_warning=0.05)
     try:
         ask(listener, 0.05 * _watchdog.STUCK_FACTOR + 0.4).close()
@@ -189,8 +195,182 @@ def test_a_block_that_goes_on_is_logged_while_it_lasts(records):
     assert " so far, at " in during and "and still does" in during
     assert f"at {__file__}:{service.line} in on_bytes" in during
     assert records.warnings("BlockingService") == [during]  # one WARNING for the episode
-    (info,) = records.infos()
+    (info,) = [text for text in records.infos() if "BlockingService" in text]
     assert info.startswith("the gevent hub ran again after ")
+    assert f"at {__file__}:{service.line} in on_bytes" in info
+
+
+# -- a busy hub is not a blocked one ------------------------------------------------------------------
+
+def spin(seconds: float) -> None:
+    """Honest CPU work: a pure-Python loop for *seconds* (of wall time)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class Busy(gtcp.ConnectionService):
+    """Computes for ``BusyService.work`` seconds per message, then answers b"ok"."""
+
+    def __init__(self, service: BusyService) -> None:
+        self.service = service
+
+    def on_bytes(self, caller: gtcp.Caller, data: bytes) -> bytes:
+        spin(self.service.work)
+        return b"ok"
+
+
+class BusyService(gtcp.Service):
+    def __init__(self, work: float) -> None:
+        self.work = work
+        self.callers: list[gtcp.Caller] = []
+
+    def on_connect(self, caller: gtcp.Caller) -> Busy:
+        self.callers.append(caller)
+        return Busy(self)
+
+
+def connect(listener: gtcp.Listener, service: Any, count: int) -> list[gtcp.Client]:
+    clients = [gtcp.Client("127.0.0.1", listener.port, timeout=LONG) for _ in range(count)]
+    wait_until(lambda: len(service.callers) == count, f"{count} connections served")
+    return clients
+
+
+def one_round(clients: list[tuple[gtcp.Client, bytes]]) -> None:
+    """Every client sends at once (the server's hub finds them all readable in one loop
+    iteration), then every answer is read."""
+    for client, message in clients:
+        client.write_bytes(message)
+    for client, _ in clients:
+        assert client.read_bytes() == b"ok"
+
+
+def test_many_connections_doing_short_cpu_work_are_a_busy_hub_not_a_blocking_call(records):
+    # 50 connections x 10 ms: each loop iteration runs 0.5 s of callbacks, none longer than 10 ms,
+    # and the watchdog looks every 25 ms or more: never twice at one call.
+    service = BusyService(work=0.01)
+    listener = serve(service, slow_callback_warning=0.2)
+    try:
+        clients = connect(listener, service, 50)
+        for _ in range(3):
+            one_round([(client, b"x") for client in clients])
+        heartbeats(2)
+    finally:
+        listener.immediate_stop()
+    for client in clients:
+        client.close()
+    about = records.warnings("BusyService")
+    assert about, "no warning about the busy hub"
+    for message in about:
+        assert " blocked the gevent hub " not in message and "a blocking call?" not in message, message
+    busy = [m for m in about if m.startswith("the gevent hub was busy for ")]
+    assert busy, about
+    message = busy[0]
+    assert " s running many callbacks without the loop coming back (the watchdog looked " in message
+    # The last look only, as such: in the callback, or in gtcp between two callbacks.
+    last_seen = message.split("; last seen in ")[1]
+    assert last_seen.startswith(("Busy.on_bytes (service BusyService, connection 127.0.0.1:",
+                                 "gtcp serving a connection (service BusyService, connection 127.0.0.1:"))
+    gap = float(message.split(" was busy for ")[1].split(" s ")[0])
+    assert 0.2 < gap < LONG
+    assert "threadpool" in message or "blocking calls in many callbacks" in message  # on or off the CPU
+
+
+def test_a_blocking_call_among_busy_connections_is_still_named(records):
+    busy_service = BusyService(work=0.01)
+    blocking_service = BlockingService()
+    busy = serve(busy_service, slow_callback_warning=0.3)
+    blocking = serve(blocking_service, slow_callback_warning=0.3)
+    try:
+        clients = [(client, b"x") for client in connect(busy, busy_service, 20)]
+        (blocker,) = connect(blocking, blocking_service, 1)
+        one_round([*clients[:10], (blocker, b"1.2"), *clients[10:]])
+        wait_until(lambda: records.warnings("BlockingService"), "the warning")
+        heartbeats(2)
+    finally:
+        busy.immediate_stop()
+        blocking.immediate_stop()
+    (message,) = records.warnings("BlockingService")
+    assert message.startswith("Blocking.on_bytes (service BlockingService, ")
+    assert f" at {__file__}:{blocking_service.line} in on_bytes; " in message
+    assert "a blocking call?" in message
+
+
+def test_one_long_computation_is_named(records):
+    service = BusyService(work=0.8)
+    listener = serve(service, slow_callback_warning=0.2)
+    try:
+        (client,) = connect(listener, service, 1)
+        one_round([(client, b"x")])
+        wait_until(lambda: records.warnings("BusyService"), "the warning")
+        heartbeats(2)
+    finally:
+        listener.immediate_stop()
+    client.close()
+    (message,) = records.warnings("BusyService")
+    assert message.startswith("Busy.on_bytes (service BusyService, connection 127.0.0.1:")
+    assert " blocked the gevent hub for " in message and f" at {__file__}:" in message
+    # On the CPU (unless the machine is so loaded that the thread ran less than half the time):
+    assert (", computing (" in message and "CPU-bound work?" in message) or "a blocking call?" in message
+
+
+def test_a_garbage_collection_is_named_as_such(records):
+    # A heap that takes the collector long enough; the threshold is set from how long it takes here.
+    heap: list[list[None]] = []
+    took = 0.0
+    while took < 0.1 and len(heap) < 8_000_000:
+        heap.extend([None] for _ in range(1_000_000))
+        start = time.monotonic()
+        gc.collect()
+        took = time.monotonic() - start
+    threshold = max(_watchdog.MIN_THRESHOLD, round(took / 3, 3))
+    listener = serve(BlockingService(), slow_callback_warning=threshold)
+    try:
+        heartbeats(2)
+        gc.collect()
+        wait_until(lambda: records.warnings("garbage collection"), "the warning")
+        heartbeats(2)
+    finally:
+        listener.immediate_stop()
+        del heap
+    message = records.warnings("garbage collection")[0]
+    assert message.startswith("garbage collection stopped the gevent hub for ")
+    assert re.search(r" s it did not run \(\d+ collections?\); ", message), message
+    assert "gc.freeze()" in message
+    assert "blocked" not in message
+
+
+def test_a_paused_process_is_not_a_blocked_hub():
+    result = run_script("""
+        import logging, os, subprocess, sys
+        import gevent
+        import gtcp
+
+        records = []
+        class Keep(logging.Handler):
+            def emit(self, record): records.append(record)
+        logging.getLogger("gtcp").addHandler(Keep())
+
+        listener = gtcp.Listener(0, local_host="127.0.0.1", slow_callback_warning=0.2)
+        listener.attach(gtcp.Service())
+        listener.start()
+        # Stopped for 1 s (SIGSTOP, then SIGCONT from outside) while the hub waits for events.
+        helper = subprocess.Popen(["sh", "-c", f"sleep 0.3; kill -STOP {os.getpid()}; sleep 1; "
+                                               f"kill -CONT {os.getpid()}"])
+        gevent.sleep(2)
+        helper.wait()
+        gevent.sleep(0.2)
+        listener.immediate_stop()
+        for record in records:
+            print(record.levelname, record.getMessage())
+    """, timeout=LONG * 3)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING ")]
+    assert len(warnings) == 1, result.stdout
+    (warning,) = warnings
+    assert warning.startswith("WARNING the gevent hub did not run for "), warning
+    assert "SIGSTOP" in warning and "paused" in warning
+    assert " blocked the gevent hub " not in warning
 
 
 def test_disabled_logs_nothing_and_starts_no_thread(records, no_watchdog_yet):
