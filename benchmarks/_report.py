@@ -39,10 +39,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_markdown(
-    path: Path, info: list[str], header: list[str], rows: list[list[str]], notes: list[str]
+    path: Path,
+    info: list[str],
+    header: list[str],
+    rows: list[list[str]],
+    notes: list[str],
+    title: str = "gtcp benchmark results",
 ) -> None:
     """The machine description, the table and the notes as a Markdown file."""
-    text = "# gtcp benchmark results\n\n" + "".join(f"* {line}\n" for line in info) + "\n"
+    text = f"# {title}\n\n" + "".join(f"* {line}\n" for line in info) + "\n"
     text += markdown_table(header, rows)
     if notes:
         text += "\n" + "".join(f"* {note}\n" for note in notes)
@@ -54,9 +59,19 @@ def write_json(path: Path, raw: dict[str, Any], chart: dict[str, Any]) -> None:
     path.write_text(json.dumps({"runs": raw, "medians": chart}, indent=1, sort_keys=True))
 
 
-def write_chart(path: Path, chart: dict[str, dict[str, dict[str, float]]], title: str) -> str | None:
-    """Grouped bar charts, one panel per scenario that ran; None when written, else why not."""
-    panels = [p for p in PANELS if chart.get(p[0])]
+def write_chart(
+    path: Path,
+    chart: dict[str, dict[str, dict[str, float]]],
+    title: str,
+    panels: tuple[tuple[str, ...], ...] = PANELS,
+    series: dict[str, str] = SERIES,
+) -> str | None:
+    """Grouped bar charts, one panel per scenario that ran; None when written, else why not.
+
+    ``panels``: (key in ``chart``, title, y-axis label[, tick format]); without a
+    tick format the axis counts in thousands (``12k``). ``series``: bar order and labels.
+    """
+    panels = tuple(p for p in panels if chart.get(p[0]))
     if not panels:
         return "nothing to draw"
     try:
@@ -68,21 +83,29 @@ def write_chart(path: Path, chart: dict[str, dict[str, dict[str, float]]], title
         return "matplotlib not installed (pip install -r benchmarks/requirements.txt)"
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3.4 * len(panels)), squeeze=False)
     colors = plt.get_cmap("tab10").colors
-    for ax, (key, panel_title, unit) in zip(axes[:, 0], panels, strict=True):
+    for ax, (key, panel_title, unit, *tick) in zip(axes[:, 0], panels, strict=True):
         groups = chart[key]
-        present = [s for s in SERIES if any(s in values for values in groups.values())]
-        width = 0.8 / max(len(present), 1)
-        for i, series in enumerate(present):
-            xs, heights = [], []
-            for g, values in enumerate(groups.values()):
-                if series in values:
-                    xs.append(g + (i - (len(present) - 1) / 2) * width)
-                    heights.append(values[series])
-            ax.bar(xs, heights, width, label=SERIES[series], color=colors[i % len(colors)])
+        present = [s for s in series if any(s in values for values in groups.values())]
+        # Within each group the bars it has are centred on its tick (no gaps for series it lacks).
+        width = 0.8 / max(max(sum(s in values for s in present) for values in groups.values()), 1)
+        places: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in present}
+        for g, values in enumerate(groups.values()):
+            here = [s for s in present if s in values]
+            for j, name in enumerate(here):
+                places[name][0].append(g + (j - (len(here) - 1) / 2) * width)
+                places[name][1].append(values[name])
+        for i, name in enumerate(present):
+            xs, heights = places[name]
+            bars = ax.bar(xs, heights, width, label=series[name], color=colors[i % len(colors)])
+            if tick:
+                ax.bar_label(bars, [tick[0].format(h) for h in heights], fontsize=7)
         ax.set_xticks(range(len(groups)), list(groups))
         ax.set_ylabel(unit)
         ax.set_title(panel_title, fontsize=10)
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:,.0f}k"))
+        if tick:
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _, f=tick[0]: f.format(v)))
+        else:
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:,.0f}k"))
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle(title, fontsize=9)
