@@ -982,8 +982,30 @@ def _bind_metrics(host: str, port: int) -> Any:
 _EARLY_SIGHUP: list[int] = []
 
 
+def _raise_fd_limit() -> None:
+    """Raise the soft limit of open files to the hard one (workers inherit it).
+
+    The usual soft limit, 1024, would cap each worker at about 1,000
+    connections; the hard limit is the operator's (``ulimit -Hn``,
+    ``LimitNOFILE=`` in a systemd unit).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Linux
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.debug("open files limit raised from %d to %d", soft, hard)
+    except (OSError, ValueError) as exc:
+        log.debug("open files limit stays %d: %s", soft, exc)
+
+
 def _supervise(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda signum, frame: _EARLY_SIGHUP.append(signum))
+    _raise_fd_limit()
     listen = _take_systemd_environment()
     kind = target_kind(load_target(args.target), args.target)
     log.debug("target %s is a Service %s", args.target, kind)

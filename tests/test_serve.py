@@ -766,3 +766,22 @@ def test_serve_sighup_during_start_up_is_a_reload_after_it(run_serve: Callable[.
     finally:
         del os.environ["SLOW_MARKS"]
     assert ask(server.port, "after")[3] == "after"
+
+
+def test_serve_raises_the_open_files_limit_to_the_hard_one(run_serve: Callable[..., Served]) -> None:
+    """A soft limit of 1024 would cap each worker at about 1,000 connections."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+    command = [sys.executable, "-c",
+               "import resource, runpy, sys; "
+               f"resource.setrlimit(resource.RLIMIT_NOFILE, (256, {hard})); "
+               "sys.argv = ['gtcp', 'serve', 'serve_targets:make_echo', '--port', '0']; "
+               "runpy.run_module('gtcp', run_name='__main__')"]
+    server = run_serve(command=command).listening()
+    pid = ask(server.port, "limit")[1]
+    with open(f"/proc/{pid}/limits") as limits:
+        line = next(line for line in limits if line.startswith("Max open files"))
+    assert line.split()[3] == str(hard), line  # the worker's soft limit
