@@ -171,7 +171,10 @@ def export(rev: str, dest: Path) -> Path:
 
 
 def python_exe() -> str:
-    """The real interpreter (valgrind must not run a pyenv shim or a venv launcher script)."""
+    """The interpreter binary for valgrind: not a pyenv shim (a script), but in a virtualenv its own
+    ``bin/python`` (a symlink to the binary that keeps the virtualenv's packages)."""
+    if sys.prefix != sys.base_prefix:
+        return sys.executable
     return os.path.realpath(sys.executable)
 
 

@@ -208,8 +208,7 @@ def _look(frame: FrameType) -> _Look:
         about += f", id {caller.id}"
     if callback is None:  # in gtcp's own code, between callbacks: the call is the innermost frame
         return _Look(f"gtcp serving a connection ({about})", where, stack[0], conn)
-    code = callback.f_code
-    return _Look(f"{getattr(code, 'co_qualname', code.co_name)} ({about})", where, callback, conn)
+    return _Look(f"{_qualname(callback)} ({about})", where, callback, conn)
 
 
 class _Sample:
@@ -637,3 +636,13 @@ def watch(threshold: float) -> Watching:
         if _monitor is None:
             _monitor = _Monitor()
     return Watching(hub_watch, threshold)
+
+
+def _qualname(frame: Any) -> str:
+    """``Class.method`` of *frame*'s function: ``co_qualname`` (3.11+), else built from ``self`` (3.10)."""
+    code = frame.f_code
+    qualname = getattr(code, "co_qualname", None)
+    if qualname is not None:
+        return str(qualname)
+    owner = frame.f_locals.get("self") if code.co_argcount else None
+    return f"{type(owner).__name__}.{code.co_name}" if owner is not None else str(code.co_name)
