@@ -537,22 +537,7 @@ class Listener:
             error.__cause__ = exc
             return error
 
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            info = None
-        except OSError as exc:
-            raise fail(reason(exc), exc) from exc
-        if info is not None:
-            if not stat.S_ISSOCK(info.st_mode):
-                raise fail("the path exists and is not a socket")
-            state = unix_socket_state(path)
-            if state == "stale":
-                os.unlink(path)  # its listener is gone
-            elif state == "live":
-                raise fail("Address already in use: a live listener answers on it")
-            else:
-                raise fail(f"Address already in use: a listener is there but does not answer ({state})")
+        clear_unix_path(path)
         sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -610,6 +595,34 @@ class Listener:
         tls = " TLS" if self._secure_socket is not None else ""
         where = self._unix_path or f"{self._local_host or '*'}:{self._port}"
         return f"<gtcp.Listener{tls} {where} {state}>"
+
+
+def clear_unix_path(path: str) -> None:
+    """Make *path* free for a new Unix socket: nothing is there, or a stale socket file (removed).
+
+    Raises ``ListenerError`` for a live listener's file (also a busy one that
+    does not answer), a path that is not a socket, or an error reading it.
+    """
+    def fail(cause: str, exc: BaseException | None = None) -> ListenerError:
+        error = ListenerError(f"Error initializing the server: {cause} ({path})")
+        error.__cause__ = exc
+        return error
+
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise fail(reason(exc), exc) from exc
+    if not stat.S_ISSOCK(info.st_mode):
+        raise fail("the path exists and is not a socket")
+    state = unix_socket_state(path)
+    if state == "stale":
+        os.unlink(path)  # its listener is gone
+    elif state == "live":
+        raise fail("Address already in use: a live listener answers on it")
+    else:
+        raise fail(f"Address already in use: a listener is there but does not answer ({state})")
 
 
 def unix_socket_state(path: str) -> str:

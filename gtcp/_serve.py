@@ -53,7 +53,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 import traceback
@@ -72,7 +71,7 @@ from ._drain import Drain
 from ._errors import ConfigError, Error, ListenerError
 from ._framing import Codec, LengthPrefixed, Lines
 from ._io import reason
-from ._listener import DEFAULT_BACKLOG, Listener, ListenerStats, unix_socket_state
+from ._listener import DEFAULT_BACKLOG, Listener, ListenerStats, clear_unix_path
 from ._service import Service, check_service
 
 __all__ = ["GRACEFUL_TIMEOUT", "add_command", "listener_secure_socket", "load_target", "metrics_text",
@@ -441,22 +440,7 @@ def _bind_unix(path: str) -> tuple[socket.socket, tuple[int, int]]:
     def fail(cause: str) -> ListenerError:
         return ListenerError(f"Error initializing the server: {cause} ({path})")
 
-    try:
-        info: os.stat_result | None = os.lstat(path)
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:
-        raise fail(reason(exc)) from None
-    if info is not None:
-        if not stat.S_ISSOCK(info.st_mode):
-            raise fail("the path exists and is not a socket")
-        state = unix_socket_state(path)
-        if state == "stale":
-            os.unlink(path)  # its server is gone
-        elif state == "live":
-            raise fail("Address already in use: a live listener answers on it")
-        else:
-            raise fail(f"Address already in use: a listener is there but does not answer ({state})")
+    clear_unix_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
