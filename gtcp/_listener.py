@@ -532,11 +532,6 @@ class Listener:
         self._abort_all()
 
     def _bind_unix(self, path: str) -> Any:
-        def fail(cause: str, exc: BaseException | None = None) -> ListenerError:
-            error = ListenerError(f"Error initializing the server: {cause} ({path})")
-            error.__cause__ = exc
-            return error
-
         clear_unix_path(path)
         sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -546,7 +541,7 @@ class Listener:
             bound = os.stat(path)
         except OSError as exc:
             sock.close()
-            raise fail(reason(exc), exc) from exc
+            raise ListenerError(f"Error initializing the server: {reason(exc)} ({path})") from exc
         self._unix_bound = (bound.st_dev, bound.st_ino)
         return sock
 
